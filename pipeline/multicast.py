@@ -1,0 +1,305 @@
+"""Builders of the multicast pipeline's flows and groups (pure: they return descriptions).
+
+Every builder takes a ``BridgeConfig`` (mode, round, fixed ports, node address) and returns
+flows/groups checked against the declared pipeline. The packet walks they produce are listed in
+DESIGN.md section 2 and tested on the fake table and on real OVS.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable
+from dataclasses import dataclass
+from enum import IntEnum, StrEnum
+
+from pipeline import layout, priorities
+from pipeline.cookies import Category, Cookie
+from pipeline.model import (
+    ETH_TYPE_IP,
+    IP_PROTO_IGMP,
+    OFPP_CONTROLLER,
+    Bucket,
+    Controller,
+    Ct,
+    Drop,
+    Flow,
+    GotoTable,
+    Group,
+    GroupAction,
+    LoadReg,
+    Match,
+    Output,
+    OutputReg,
+    Resubmit,
+    SetField,
+    SetTunnelDst,
+)
+from pipeline.registers import IN_CLASS, OUT_KIND, OUT_PORT, OutKind, PortClass
+from pipeline.tables import Pipeline
+
+MULTICAST_NET = "224.0.0.0/4"
+QUERY_GROUP_ID = 0x7FFFFFFF
+"""Reserved group that floods agent-built IGMP queries to every local pod."""
+DEFAULT_SNAT_ZONE = 65520
+
+
+class Mode(StrEnum):
+    ENCAP = "encap"
+    NOENCAP = "noEncap"
+
+
+class PuntReason(IntEnum):
+    """First byte of the packet-in userdata of punt flows: where the IGMP came from."""
+
+    IGMP_POD = 1
+    IGMP_TUNNEL = 2
+    IGMP_UPLINK = 3
+
+
+@dataclass(frozen=True)
+class BridgeConfig:
+    """What the builders need to know about one node's br-int."""
+
+    mode: Mode
+    round: int
+    node_ip: str
+    node_mac: str
+    tunnel_port: int | None = None
+    uplink_port: int | None = None
+    snat_zone: int = DEFAULT_SNAT_ZONE
+
+    def __post_init__(self) -> None:
+        if self.mode is Mode.ENCAP and self.tunnel_port is None:
+            raise ValueError("encap mode needs a tunnel port")
+        if self.mode is Mode.NOENCAP and self.tunnel_port is not None:
+            raise ValueError("noEncap mode has no tunnel port")
+
+    def cookie(self, category: Category, object_id: int = 0) -> int:
+        return Cookie(self.round, category, object_id).pack()
+
+
+_PIPELINE = layout.multicast_pipeline()
+
+
+def pipeline() -> Pipeline:
+    """The declared multicast pipeline (an immutable value shared by all builders)."""
+    return _PIPELINE
+
+
+def _flow(table: str, priority: int, match: Match, actions: tuple, cookie: int) -> Flow:
+    return _PIPELINE.check_flow(Flow(table, priority, match, actions, cookie))
+
+
+def _ip_int(ip: str) -> int:
+    return int(ipaddress.IPv4Address(ip))
+
+
+def punt_userdata(reason: PuntReason) -> bytes:
+    return bytes([int(reason)])
+
+
+def igmp_punt_flow(cfg: BridgeConfig, in_port: int, reason: PuntReason, object_id: int) -> Flow:
+    """IGMP from ``in_port`` goes to the agent and nowhere else.
+
+    Match on the protocol, not the destination: an IGMPv1/v2 report is addressed to the group.
+    """
+    return _flow(
+        layout.CLASSIFIER,
+        priorities.PUNT,
+        Match.of(in_port=in_port, eth_type=ETH_TYPE_IP, ip_proto=IP_PROTO_IGMP),
+        (Controller(punt_userdata(reason)),),
+        cfg.cookie(Category.IGMP, object_id),
+    )
+
+
+def _fork_flow(cfg: BridgeConfig, in_port: int, cls: PortClass, nxt: str, cat: Category,
+               object_id: int) -> Flow:
+    return _flow(
+        layout.CLASSIFIER,
+        priorities.NORMAL,
+        Match.of(in_port=in_port, eth_type=ETH_TYPE_IP, ipv4_dst=MULTICAST_NET),
+        (LoadReg(IN_CLASS, cls), GotoTable(nxt)),
+        cfg.cookie(cat, object_id),
+    )
+
+
+def pod_flows(cfg: BridgeConfig, ofport: int) -> list[Flow]:
+    """Per pod port: IGMP punt, multicast fork into the egress stages, both metric flows."""
+    return [
+        igmp_punt_flow(cfg, ofport, PuntReason.IGMP_POD, ofport),
+        _fork_flow(cfg, ofport, PortClass.POD, layout.EGRESS_RULE, Category.POD, ofport),
+        _flow(
+            layout.EGRESS_METRIC,
+            priorities.NORMAL,
+            Match.of(in_port=ofport, eth_type=ETH_TYPE_IP),
+            (GotoTable(layout.ROUTING),),
+            cfg.cookie(Category.POD, ofport),
+        ),
+        _flow(
+            layout.INGRESS_METRIC,
+            priorities.NORMAL,
+            Match.of((OUT_PORT, ofport), eth_type=ETH_TYPE_IP),
+            (GotoTable(layout.OUTPUT),),
+            cfg.cookie(Category.POD, ofport),
+        ),
+    ]
+
+
+def _output_flow(cfg: BridgeConfig, kind: OutKind, actions: tuple, cat: Category) -> Flow:
+    return _flow(
+        layout.OUTPUT,
+        priorities.NORMAL,
+        Match.of((IN_CLASS, PortClass.POD), (OUT_KIND, kind), eth_type=ETH_TYPE_IP),
+        actions,
+        cfg.cookie(cat),
+    )
+
+
+def external_output_actions(cfg: BridgeConfig) -> tuple:
+    """How a pod's copy for external receivers leaves: SNATed to the node in encap mode."""
+    assert cfg.uplink_port is not None
+    if cfg.mode is Mode.ENCAP:
+        return (
+            Ct(zone=cfg.snat_zone, commit=True, nat_src=cfg.node_ip),
+            SetField("eth_src", cfg.node_mac),
+            Output(cfg.uplink_port),
+        )
+    return (Output(cfg.uplink_port),)
+
+
+def _suppress_flows(cfg: BridgeConfig) -> list[Flow]:
+    """Copies that would cross tunnel<->uplink or go tunnel->tunnel are dropped explicitly.
+
+    Each node talks to the outside itself, and a node never relays another node's traffic.
+    """
+    out = []
+    for cls in (PortClass.TUNNEL, PortClass.UPLINK):
+        for kind in (OutKind.REMOTE, OutKind.EXTERNAL):
+            out.append(
+                _flow(
+                    layout.OUTPUT,
+                    priorities.SUPPRESS,
+                    Match.of((IN_CLASS, cls), (OUT_KIND, kind), eth_type=ETH_TYPE_IP),
+                    (Drop(),),
+                    cfg.cookie(Category.PIPELINE),
+                )
+            )
+    return out
+
+
+def initial_flows(cfg: BridgeConfig) -> list[Flow]:
+    """Flows present from the start, whatever pods and groups exist."""
+    p = cfg.cookie(Category.PIPELINE)
+    flows = list(_PIPELINE.miss_flows(p))
+    flows.append(
+        _flow(
+            layout.OUTPUT,
+            priorities.NORMAL,
+            Match.of((OUT_KIND, OutKind.LOCAL), eth_type=ETH_TYPE_IP),
+            (OutputReg(OUT_PORT),),
+            p,
+        )
+    )
+    # Agent-built queries are packet-out to the table with in_port=CONTROLLER; flood to pods.
+    flows.append(
+        _flow(
+            layout.CLASSIFIER,
+            priorities.PUNT,
+            Match.of(in_port=OFPP_CONTROLLER, eth_type=ETH_TYPE_IP, ip_proto=IP_PROTO_IGMP),
+            (GroupAction(QUERY_GROUP_ID),),
+            cfg.cookie(Category.IGMP),
+        )
+    )
+    if cfg.tunnel_port is not None:
+        flows.append(igmp_punt_flow(cfg, cfg.tunnel_port, PuntReason.IGMP_TUNNEL, 0))
+        flows.append(
+            _fork_flow(cfg, cfg.tunnel_port, PortClass.TUNNEL, layout.ROUTING, Category.PIPELINE, 0)
+        )
+        flows.append(
+            _output_flow(cfg, OutKind.REMOTE, (Output(cfg.tunnel_port),), Category.PIPELINE)
+        )
+    if cfg.uplink_port is not None:
+        flows.append(igmp_punt_flow(cfg, cfg.uplink_port, PuntReason.IGMP_UPLINK, 0))
+        flows.append(
+            _fork_flow(cfg, cfg.uplink_port, PortClass.UPLINK, layout.ROUTING, Category.PIPELINE, 0)
+        )
+        flows.append(_output_flow(cfg, OutKind.EXTERNAL, external_output_actions(cfg),
+                                  Category.EXTERNAL))
+        flows.append(default_external_flow(cfg))
+    flows.extend(_suppress_flows(cfg))
+    return flows
+
+
+def default_external_flow(cfg: BridgeConfig) -> Flow:
+    """Pod traffic to a group with no member anywhere still reaches external receivers."""
+    return _flow(
+        layout.ROUTING,
+        priorities.DEFAULT_EXTERNAL,
+        Match.of((IN_CLASS, PortClass.POD), eth_type=ETH_TYPE_IP),
+        (LoadReg(OUT_KIND, OutKind.EXTERNAL), GotoTable(layout.OUTPUT)),
+        cfg.cookie(Category.EXTERNAL),
+    )
+
+
+def node_flows(cfg: BridgeConfig, node_ip: str) -> list[Flow]:
+    """Encap: another node's SNATed pod multicast seen on our uplink already came by tunnel."""
+    if cfg.mode is not Mode.ENCAP or cfg.uplink_port is None:
+        return []
+    return [
+        _flow(
+            layout.CLASSIFIER,
+            priorities.NODE_SNAT_DROP,
+            Match.of(in_port=cfg.uplink_port, eth_type=ETH_TYPE_IP, ipv4_src=node_ip,
+                     ipv4_dst=MULTICAST_NET),
+            (Drop(),),
+            cfg.cookie(Category.NODE, _ip_int(node_ip)),
+        )
+    ]
+
+
+def local_bucket(ofport: int) -> Bucket:
+    """A copy for a local pod: through the receiving pod's ingress rule and metric."""
+    return Bucket((LoadReg(OUT_KIND, OutKind.LOCAL), LoadReg(OUT_PORT, ofport),
+                   Resubmit(layout.INGRESS_RULE)))
+
+
+def remote_bucket(node_ip: str) -> Bucket:
+    """A copy for a remote node: straight to the tunnel; the receiving node enforces policy."""
+    return Bucket((LoadReg(OUT_KIND, OutKind.REMOTE), SetTunnelDst(node_ip),
+                   Resubmit(layout.OUTPUT)))
+
+
+def external_bucket() -> Bucket:
+    return Bucket((LoadReg(OUT_KIND, OutKind.EXTERNAL), Resubmit(layout.OUTPUT)))
+
+
+def multicast_group(cfg: BridgeConfig, group_id: int, local_ports: Iterable[int],
+                    remote_nodes: Iterable[str]) -> Group:
+    """Type-ALL group: one bucket per local member port, per remote node, and to external."""
+    buckets = [local_bucket(p) for p in sorted(set(local_ports))]
+    if cfg.mode is Mode.ENCAP:
+        buckets += [remote_bucket(ip) for ip in sorted(set(remote_nodes), key=_ip_int)]
+    elif remote_nodes:
+        raise ValueError("noEncap mode has no remote buckets: nodes meet on the underlay")
+    if cfg.uplink_port is not None:
+        buckets.append(external_bucket())
+    return _PIPELINE.check_group(Group(group_id, tuple(buckets)), layout.ROUTING)
+
+
+def route_flow(cfg: BridgeConfig, group_ip: str, group_id: int) -> Flow:
+    """Traffic to G, from anywhere, goes to G's group."""
+    if not ipaddress.IPv4Address(group_ip).is_multicast:
+        raise ValueError(f"{group_ip} is not a multicast address")
+    return _flow(
+        layout.ROUTING,
+        priorities.NORMAL,
+        Match.of(eth_type=ETH_TYPE_IP, ipv4_dst=group_ip),
+        (GroupAction(group_id),),
+        cfg.cookie(Category.GROUP, _ip_int(group_ip)),
+    )
+
+
+def query_group(pod_ports: Iterable[int]) -> Group:
+    """Floods an agent-built query to every local pod (the group the query flow uses)."""
+    buckets = tuple(Bucket((Output(p),)) for p in sorted(set(pod_ports)))
+    return _PIPELINE.check_group(Group(QUERY_GROUP_ID, buckets), layout.CLASSIFIER)

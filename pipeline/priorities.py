@@ -1,0 +1,16 @@
+"""Named flow priorities. Builders use these names, never bare numbers."""
+
+MISS = 0
+"""Table-miss flows (continue to the next table)."""
+DEFAULT_EXTERNAL = 50
+"""Pod multicast to a group with no member anywhere still goes to external receivers."""
+NORMAL = 200
+"""Ordinary per-port / per-group flows."""
+SOURCE_SPECIFIC = 210
+"""Per (source, group) route flows for IGMPv3 INCLUDE receivers; beats the (*, G) flow."""
+SUPPRESS = 190
+"""Duplicate-suppression drops in the output table (below the positive output flows)."""
+PUNT = 220
+"""IGMP punts to the agent: above every data flow of the same port."""
+NODE_SNAT_DROP = 230
+"""Drop multicast that another cluster node SNATed onto the underlay (it came by tunnel)."""
