@@ -1,0 +1,162 @@
+"""`mclab`: the command line of the local lab (kind-like, no Docker).
+
+    mclab up [--nodes N] [--mode encap|noencap] [--query-interval 10s]
+    mclab pod create NAME --node NODE [-n NAMESPACE] [--labels k=v,...]
+    mclab pod delete NAME [-n NAMESPACE]
+    mclab external create NAME | mclab external delete NAME
+    mclab exec NAME [-n NAMESPACE] -- CMD [ARGS...]
+    mclab status
+    mclab down
+
+This surface is a contract (tests and users script against it): extend, do not reshape.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+from pyroute2 import netns as pr_netns
+
+from agent.config import ConfigError, parse_duration
+from agent.localapi import AgentClient, ApiError
+from tools.mclab import lab as L
+from tools.mclab import state as st
+from tools.mclab.ovsnode import OvsError, is_alive
+
+
+def _labels(raw: str) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for part in filter(None, raw.split(",")):
+        k, sep, v = part.partition("=")
+        if not sep or not k:
+            raise argparse.ArgumentTypeError(f"label {part!r} is not key=value")
+        out[k] = v
+    return out
+
+
+def _mode(raw: str) -> str:
+    modes = {"encap": "encap", "noencap": "noEncap"}
+    if raw.lower() not in modes:
+        raise argparse.ArgumentTypeError(f"mode {raw!r} is not encap or noencap")
+    return modes[raw.lower()]
+
+
+def _interval(raw: str) -> str:
+    try:
+        parse_duration(raw, "--query-interval")
+    except ConfigError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return raw
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="mclab", description="Local multicast lab on this machine")
+    p.add_argument("-v", "--verbose", action="store_true")
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    up = sub.add_parser("up", help="build the underlay, the nodes and their agents")
+    up.add_argument("--nodes", type=int, default=1)
+    up.add_argument("--mode", type=_mode, default="encap")
+    up.add_argument("--query-interval", type=_interval, default="125s")
+
+    pod = sub.add_parser("pod", help="create or delete a pod")
+    pod_sub = pod.add_subparsers(dest="pod_cmd", required=True)
+    pc = pod_sub.add_parser("create")
+    pc.add_argument("name")
+    pc.add_argument("--node", required=True)
+    pc.add_argument("-n", "--namespace", default="default")
+    pc.add_argument("--labels", type=_labels, default={})
+    pd = pod_sub.add_parser("delete")
+    pd.add_argument("name")
+    pd.add_argument("-n", "--namespace", default="default")
+
+    ext = sub.add_parser("external", help="hosts on the underlay, outside the cluster")
+    ext_sub = ext.add_subparsers(dest="ext_cmd", required=True)
+    ext_sub.add_parser("create").add_argument("name")
+    ext_sub.add_parser("delete").add_argument("name")
+
+    ex = sub.add_parser("exec", help="run a command in a pod's (or external host's) netns")
+    ex.add_argument("name")
+    ex.add_argument("-n", "--namespace", default=None)
+    ex.add_argument("command", nargs=argparse.REMAINDER)
+
+    sub.add_parser("status", help="nodes, pods, agents and their health")
+    sub.add_parser("down", help="remove every namespace, process and file of the lab")
+    return p
+
+
+def _status() -> int:
+    lab = st.load()
+    if lab is None:
+        print("no lab is up")
+        return 0
+    print(f"mode: {lab.mode}   query interval: {lab.query_interval}")
+    print(f"{'NODE':<8} {'IP':<16} {'AGENT':<8} {'HEALTH'}")
+    for n in lab.nodes:
+        alive = bool(n.agent_pid) and is_alive(n.agent_pid)
+        try:
+            h = AgentClient(n.api_socket, timeout=3).health()
+            health = f"ok ({h.get('pods', 0)} pods, {h.get('groups', 0)} groups)"
+        except ApiError as e:
+            health = f"unreachable: {e}"
+        print(f"{n.name:<8} {n.ip:<16} {n.agent_pid if alive else 'dead':<8} {health}")
+    if lab.pods:
+        print(f"\n{'NAMESPACE':<12} {'POD':<16} {'NODE':<8} {'IP'}")
+        for p in lab.pods:
+            print(f"{p.namespace:<12} {p.name:<16} {p.node:<8} {p.ip}")
+    if lab.externals:
+        print(f"\n{'EXTERNAL':<16} {'IP'}")
+        for e in lab.externals:
+            print(f"{e.name:<16} {e.ip}")
+    return 0
+
+
+def _exec(name: str, namespace: str | None, command: list[str]) -> int:
+    if command and command[0] == "--":
+        command = command[1:]
+    if not command:
+        raise L.LabError("exec: no command given (mclab exec NAME -- CMD [ARGS...])")
+    target = L.netns_of(name, namespace)
+    pr_netns.setns(target, flags=0)
+    sys.stdout.flush()
+    try:
+        os.execvp(command[0], command)  # replaces us: the exit code is the command's
+    except FileNotFoundError:
+        print(f"mclab exec: {command[0]}: command not found", file=sys.stderr)
+        return 127
+    return 0  # not reached
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        if args.cmd == "up":
+            lab = L.up(args.nodes, args.mode, args.query_interval)
+            print(f"lab up: {len(lab.nodes)} node(s), mode {lab.mode}")
+        elif args.cmd == "down":
+            L.down()
+        elif args.cmd == "status":
+            return _status()
+        elif args.cmd == "pod" and args.pod_cmd == "create":
+            print(L.pod_create(args.name, args.node, args.namespace, args.labels).ip)
+        elif args.cmd == "pod":
+            L.pod_delete(args.name, args.namespace)
+        elif args.cmd == "external" and args.ext_cmd == "create":
+            print(L.external_create(args.name).ip)
+        elif args.cmd == "external":
+            L.external_delete(args.name)
+        elif args.cmd == "exec":
+            return _exec(args.name, args.namespace, args.command)
+    except (L.LabError, OvsError, KeyError, ApiError) as e:
+        print(f"mclab: {e.args[0] if isinstance(e, KeyError) else e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

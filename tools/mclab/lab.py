@@ -1,0 +1,340 @@
+"""The local lab: underlay, nodes (own OVS + agent each), pods through the CNI plugin, externals.
+
+Everything lives in network namespaces named ``mclab-*`` and under the lab directory; nothing
+touches the machine's own interfaces. ``up`` cleans up after itself when it fails halfway;
+``down`` removes every namespace, process and file the lab made, state file or not.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import yaml
+from pyroute2 import IPRoute
+
+from agent.localapi import AgentClient, ApiError
+from tools.mclab import netns
+from tools.mclab import state as st
+from tools.mclab.ovsnode import OvsNode, pids_naming, require_ovs, terminate
+
+log = logging.getLogger(__name__)
+
+AGENT_START_TIMEOUT = 30.0
+CNI_PATH = "/usr/lib/cni"
+
+
+class LabError(RuntimeError):
+    """A lab command cannot do what was asked; the message says why."""
+
+
+# ---------------------------------------------------------------------------- links
+
+
+def _veth(ns_a: str, name_a: str, ns_b: str, name_b: str) -> None:
+    """A veth pair with one end in each namespace, both up."""
+    with IPRoute(netns=ns_a, flags=0) as ipr:
+        ipr.link("add", ifname=name_a, kind="veth",
+                 peer={"ifname": name_b, "net_ns_fd": str(netns.NETNS_DIR / ns_b)})
+        ipr.link("set", index=ipr.link_lookup(ifname=name_a)[0], state="up")
+    with IPRoute(netns=ns_b, flags=0) as ipr:
+        ipr.link("set", index=ipr.link_lookup(ifname=name_b)[0], state="up")
+
+
+def _enslave(ns: str, ifname: str, bridge: str) -> None:
+    with IPRoute(netns=ns, flags=0) as ipr:
+        ipr.link("set", index=ipr.link_lookup(ifname=ifname)[0],
+                 master=ipr.link_lookup(ifname=bridge)[0])
+
+
+def _address(ns: str, ifname: str, cidr: str, mac: str | None = None) -> None:
+    ip, plen = cidr.split("/")
+    with IPRoute(netns=ns, flags=0) as ipr:
+        idx = ipr.link_lookup(ifname=ifname)[0]
+        if mac:
+            ipr.link("set", index=idx, address=mac)
+        ipr.addr("add", index=idx, address=ip, prefixlen=int(plen))
+        ipr.link("set", index=idx, state="up")
+
+
+def _multicast_route(ns: str, ifname: str) -> None:
+    with IPRoute(netns=ns, flags=0) as ipr:
+        ipr.route("add", dst="224.0.0.0/4", oif=ipr.link_lookup(ifname=ifname)[0])
+
+
+def _tx_off(ns: str, ifname: str) -> None:
+    # The userspace datapath forwards veth frames with partial checksums as they are: UDP from
+    # a sender whose veth offloads the checksum arrives corrupt. Senders must checksum in full.
+    res = netns.run(ns, ["ethtool", "-K", ifname, "tx", "off"])
+    if res.returncode != 0:
+        raise LabError(f"ethtool -K {ifname} tx off in {ns}: {res.stderr.strip()}")
+
+
+def _short(prefix: str, name: str) -> str:
+    """An interface name ≤ 15 characters that stays unique for long lab object names."""
+    return prefix + hashlib.sha1(name.encode()).hexdigest()[: 15 - len(prefix)]
+
+
+# ---------------------------------------------------------------------------- agent
+
+
+def _agent_config(lab: st.LabState, node: st.NodeState, ovs: OvsNode) -> Path:
+    cfg = {
+        "featureGates": {"Multicast": True},
+        "trafficEncapMode": lab.mode,
+        "multicast": {
+            "enable": True,
+            "multicastInterfaces": ["eth0"],
+            "igmpQueryInterval": lab.query_interval,
+            "igmpQueryVersions": [1, 2, 3],
+        },
+        "node": {"name": node.name, "ip": node.ip, "mac": node.mac},
+        "ovs": {"db": ovs.db_sock, "runDir": str(ovs.rundir), "datapathType": "netdev",
+                "tunnelType": "vxlan"},
+        "apiSocket": node.api_socket,
+        "stateDir": node.rundir,
+        "metricsPort": 9464,
+    }
+    path = Path(node.rundir) / "agent.yaml"
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return path
+
+
+def start_agent(lab: st.LabState, node: st.NodeState) -> None:
+    """Start the node's agent inside its namespace and wait until its API answers."""
+    ovs = _ovs(node)
+    cfg = _agent_config(lab, node, ovs)
+    logf = open(Path(node.rundir) / "agent.log", "ab")  # noqa: SIM115 - handed to the child
+    proc = netns.popen(node.netns, [sys.executable, "-m", "agent.main", "--config", str(cfg)],
+                       stdout=logf, stderr=logf, stdin=None, start_new_session=True,
+                       env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    logf.close()
+    node.agent_pid = proc.pid
+    client = AgentClient(node.api_socket, timeout=5)
+    deadline = time.monotonic() + AGENT_START_TIMEOUT
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise LabError(f"agent of {node.name} exited with {proc.returncode}:\n"
+                           + _tail(Path(node.rundir) / "agent.log"))
+        try:
+            client.health()
+            return
+        except ApiError:
+            time.sleep(0.1)
+    raise LabError(f"agent of {node.name} did not answer within {AGENT_START_TIMEOUT:.0f}s:\n"
+                   + _tail(Path(node.rundir) / "agent.log"))
+
+
+def stop_agent(node: st.NodeState) -> None:
+    if node.agent_pid:
+        terminate([node.agent_pid], f"--config {node.rundir}/agent.yaml")
+        node.agent_pid = 0
+
+
+def _tail(path: Path, lines: int = 30) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+def _ovs(node: st.NodeState) -> OvsNode:
+    return OvsNode(node.name, Path(node.rundir) / "ovs", node.netns)
+
+
+def announce_nodes(lab: st.LabState) -> None:
+    """Tell every agent the node set (the controller's job in a cluster)."""
+    nodes = [{"name": n.name, "ip": n.ip} for n in lab.nodes]
+    for n in lab.nodes:
+        AgentClient(n.api_socket, timeout=10).set_nodes(nodes)
+
+
+# ---------------------------------------------------------------------------- up / down
+
+
+def up(nodes: int, mode: str, query_interval: str) -> st.LabState:
+    require_ovs()
+    if st.load() is not None or netns.list_netns(st.NETNS_PREFIX):
+        raise LabError(f"a lab is already up (state in {st.lab_dir()}); run 'mclab down' first")
+    if not 1 <= nodes <= 50:
+        raise LabError(f"--nodes {nodes}: between 1 and 50")
+    lab = st.LabState(mode=mode, query_interval=query_interval)
+    try:
+        st.lab_dir().mkdir(parents=True, exist_ok=True)
+        st.save(lab)
+        netns.create(st.UNDERLAY_NS)
+        with IPRoute(netns=st.UNDERLAY_NS, flags=0) as ipr:
+            ipr.link("add", ifname=st.UNDERLAY_BRIDGE, kind="bridge")
+            ipr.link("set", index=ipr.link_lookup(ifname=st.UNDERLAY_BRIDGE)[0], state="up")
+        for i in range(1, nodes + 1):
+            lab.nodes.append(_make_node(lab, i))
+            st.save(lab)
+        announce_nodes(lab)
+    except BaseException:
+        down()
+        raise
+    return lab
+
+
+def _make_node(lab: st.LabState, i: int) -> st.NodeState:
+    name = f"node{i}"
+    node = st.NodeState(name=name, netns=f"{st.NETNS_PREFIX}{name}", ip=f"{st.UNDERLAY_NET}.{i}",
+                        mac=f"02:77:00:00:00:{i:02x}", rundir=str(st.lab_dir() / name))
+    Path(node.rundir).mkdir(parents=True, exist_ok=True)
+    netns.create(node.netns)
+    ovs = _ovs(node)
+    ovs.start()
+    _veth(st.UNDERLAY_NS, f"ul-{name}", node.netns, "eth0")
+    _enslave(st.UNDERLAY_NS, f"ul-{name}", st.UNDERLAY_BRIDGE)
+    _tx_off(node.netns, "eth0")
+    # Host network of the node: its address lives on br-phy, which holds the uplink.
+    ovs.vsctl("add-br", "br-phy", "--", "set", "bridge", "br-phy", "datapath_type=netdev",
+              f"other_config:hwaddr={node.mac}", "--", "add-port", "br-phy", "eth0")
+    _address(node.netns, "br-phy", f"{node.ip}/24")
+    start_agent(lab, node)
+    return node
+
+
+def down() -> None:
+    """Remove everything the lab made. A no-op when nothing is up."""
+    lab = st.load()
+    if lab is not None:
+        for node in lab.nodes:
+            stop_agent(node)
+    marker = f"{st.lab_dir()}/"
+    terminate(pids_naming(marker, exclude=(os.getpid(),)), marker)
+    for ns in netns.list_netns(st.NETNS_PREFIX):
+        netns.delete(ns)
+    if st.lab_dir().exists():
+        shutil.rmtree(st.lab_dir(), ignore_errors=True)
+
+
+def require_lab() -> st.LabState:
+    lab = st.load()
+    if lab is None:
+        raise LabError("no lab is up: run 'mclab up' first")
+    return lab
+
+
+# ---------------------------------------------------------------------------- pods
+
+
+def _cni(node: st.NodeState, command: str, pod: st.PodState) -> dict:
+    netconf = {
+        "cniVersion": "1.0.0",
+        "name": "kube-mcast",
+        "type": "mcast-cni",
+        "agentSocket": node.api_socket,
+        "txChecksumOffload": False,
+        "ipam": {
+            "type": "host-local",
+            "ranges": [[{"subnet": st.POD_NET, "rangeStart": f"10.77.{node.index}.2",
+                         "rangeEnd": f"10.77.{node.index}.254"}]],
+            "dataDir": f"{node.rundir}/ipam",
+        },
+    }
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),
+        "CNI_COMMAND": command,
+        "CNI_CONTAINERID": pod.container_id,
+        "CNI_NETNS": str(netns.NETNS_DIR / pod.netns),
+        "CNI_IFNAME": "eth0",
+        "CNI_ARGS": f"K8S_POD_NAMESPACE={pod.namespace};K8S_POD_NAME={pod.name}",
+        "CNI_PATH": CNI_PATH,
+    }
+    plugin = str(Path(sys.executable).parent / "mcast-cni")
+    res = netns.run(node.netns, [plugin], env=env, input=json.dumps(netconf), timeout=60)
+    out = json.loads(res.stdout) if res.stdout.strip() else {}
+    if res.returncode != 0:
+        msg = out.get("msg", res.stderr.strip()) if isinstance(out, dict) else res.stderr
+        raise LabError(f"CNI {command} for {pod.ref} failed: {msg} {out.get('details', '')}")
+    return out
+
+
+def pod_create(name: str, node_name: str, namespace: str, labels: dict[str, str]) -> st.PodState:
+    lab = require_lab()
+    node = lab.node(node_name)
+    if lab.pod(name, namespace) is not None:
+        raise LabError(f"pod {namespace}/{name} already exists")
+    pod = st.PodState(namespace=namespace, name=name, node=node.name,
+                      netns=f"{st.NETNS_PREFIX}pod-{namespace}-{name}",
+                      container_id=uuid.uuid4().hex, ip="", labels=labels)
+    netns.create(pod.netns)
+    try:
+        result = _cni(node, "ADD", pod)
+        pod.ip = result["ips"][0]["address"].split("/")[0]
+    except BaseException:
+        netns.delete(pod.netns)
+        raise
+    lab.pods.append(pod)
+    st.save(lab)
+    return pod
+
+
+def pod_delete(name: str, namespace: str) -> None:
+    lab = require_lab()
+    pod = lab.pod(name, namespace)
+    if pod is None:
+        raise LabError(f"pod {namespace}/{name} not found")
+    _cni(lab.node(pod.node), "DEL", pod)
+    netns.delete(pod.netns)
+    lab.pods.remove(pod)
+    st.save(lab)
+
+
+# ---------------------------------------------------------------------------- externals
+
+
+def external_create(name: str) -> st.ExternalState:
+    lab = require_lab()
+    if lab.external(name) is not None:
+        raise LabError(f"external host {name} already exists")
+    used = {int(e.ip.rsplit(".", 1)[1]) for e in lab.externals}
+    octet = next(k for k in range(200, 255) if k not in used)
+    ext = st.ExternalState(name=name, netns=f"{st.NETNS_PREFIX}ext-{name}",
+                           ip=f"{st.UNDERLAY_NET}.{octet}")
+    netns.create(ext.netns)
+    try:
+        ul_side = _short("ux", name)
+        _veth(st.UNDERLAY_NS, ul_side, ext.netns, "eth0")
+        _enslave(st.UNDERLAY_NS, ul_side, st.UNDERLAY_BRIDGE)
+        _address(ext.netns, "eth0", f"{ext.ip}/24")
+        _multicast_route(ext.netns, "eth0")
+        _tx_off(ext.netns, "eth0")
+    except BaseException:
+        netns.delete(ext.netns)
+        raise
+    lab.externals.append(ext)
+    st.save(lab)
+    return ext
+
+
+def external_delete(name: str) -> None:
+    lab = require_lab()
+    ext = lab.external(name)
+    if ext is None:
+        raise LabError(f"external host {name} not found")
+    netns.delete(ext.netns)
+    lab.externals.remove(ext)
+    st.save(lab)
+
+
+def netns_of(name: str, namespace: str | None) -> str:
+    """The namespace `mclab exec` enters: a pod (default namespace) or an external host."""
+    lab = require_lab()
+    pod = lab.pod(name, namespace or "default")
+    if pod is not None:
+        return pod.netns
+    if namespace is None:
+        ext = lab.external(name)
+        if ext is not None:
+            return ext.netns
+    raise LabError(f"no pod {namespace or 'default'}/{name}"
+                   + ("" if namespace else " and no external host of that name"))
