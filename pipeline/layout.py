@@ -17,7 +17,7 @@ INGRESS_RULE = "MulticastIngressRule"
 INGRESS_METRIC = "MulticastIngressMetric"
 OUTPUT = "MulticastOutput"
 
-_IP = {"eth_type", "ip_proto", "ipv4_src", "ipv4_dst", "udp_dst"}
+_IP = frozenset({"eth_type", "ip_proto", "ipv4_src", "ipv4_dst", "udp_dst"})
 
 TABLES = (
     TableSpec(

@@ -9,8 +9,10 @@ OpenFlow messages. Match field names are OXM names as os-ken spells them (``in_p
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
+from types import MappingProxyType
 
 from pipeline.registers import RegField
 
@@ -26,7 +28,7 @@ IP_PROTO_IGMP = 2
 IP_PROTO_UDP = 17
 
 # Fields a Match may carry, with the width of their value in bits ("ip" = dotted IPv4, "mac").
-FIELD_KINDS: dict[str, str] = {
+FIELD_KINDS: Mapping[str, str] = MappingProxyType({
     "in_port": "32",
     "eth_type": "16",
     "eth_src": "mac",
@@ -39,7 +41,7 @@ FIELD_KINDS: dict[str, str] = {
     "tun_ipv4_src": "ip",
     "tun_ipv4_dst": "ip",
     **{f"reg{i}": "32" for i in range(8)},
-}
+})
 
 
 class MatchError(ValueError):

@@ -49,6 +49,8 @@ class RegField:
         """ovs-ofctl's subfield notation, e.g. ``NXM_NX_REG0[0..3]`` (``[]`` for the whole)."""
         if self.start == 0 and self.end == 31:
             return f"NXM_NX_REG{self.reg}[]"
+        if self.start == self.end:  # OVS prints a single bit as [n], not [n..n]
+            return f"NXM_NX_REG{self.reg}[{self.start}]"
         return f"NXM_NX_REG{self.reg}[{self.start}..{self.end}]"
 
 
