@@ -1,0 +1,1 @@
+"""mcctl: the operator's view of one node's agent (antctl-like)."""
