@@ -1,0 +1,445 @@
+"""The agent's local API: JSON over HTTP/1.1 on a unix socket.
+
+This module owns the wire contract between the node agent and its local clients (the CNI
+plugin, ``mcctl``, the lab): the request/response dataclasses, the ``AgentApi`` protocol the
+agent core implements, the HTTP server that maps routes onto it, and the client. It uses the
+standard library only, so the CNI plugin stays cheap to start.
+
+Routes (all bodies JSON; errors are ``{"error": message}`` with a 4xx/5xx status):
+
+    GET    /healthz                  -> 200 health dict
+    GET    /v1/pods                  -> 200 {"pods": [PodInfo...]}
+    POST   /v1/pods       PodAttach  -> 201 PodInfo
+    DELETE /v1/pods/{container_id}   -> 204 (also when unknown: DEL must be idempotent)
+    GET    /v1/members               -> 200 {"members": [...]}
+    GET    /v1/stats/pods            -> 200 {"pods": [...]}
+    GET    /v1/flows                 -> 200 {"flows": [str...]}
+    PUT    /v1/nodes  {"nodes": [{"name": str, "ips": [str...]}]} -> 204
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import json
+import logging
+import os
+import re
+import socket
+import socketserver
+import stat
+import sys
+import threading
+import time
+import urllib.parse
+from dataclasses import asdict, dataclass, fields
+from http.server import BaseHTTPRequestHandler
+from pathlib import Path
+from typing import Any, Protocol, Self, runtime_checkable
+
+log = logging.getLogger(__name__)
+
+MAX_BODY = 1 << 20  # a node list of a large cluster fits easily; anything bigger is a bug
+
+
+class ApiError(Exception):
+    """An error with an HTTP status; raised by handlers and by the client."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(f"{status}: {message}")
+        self.status = status
+        self.message = message
+
+
+@dataclass(frozen=True)
+class PodAttach:
+    """Ask the agent to attach a pod's host-side interface to br-int."""
+
+    namespace: str
+    name: str
+    container_id: str
+    host_ifname: str
+    ip: str  # may be "" (IPAM-less pods)
+    mac: str  # the pod-side MAC
+
+    @classmethod
+    def from_json(cls, obj: Any) -> Self:
+        return cls(**_typed_fields(cls, obj))
+
+
+@dataclass(frozen=True)
+class PodInfo(PodAttach):
+    """An attached pod as the agent knows it."""
+
+    ofport: int
+
+
+def _typed_fields(cls: type, obj: Any) -> dict[str, Any]:
+    """Check that ``obj`` has every field of ``cls`` with the declared type; 400 if not."""
+    if not isinstance(obj, dict):
+        raise ApiError(400, f"{cls.__name__}: expected a JSON object")
+    out: dict[str, Any] = {}
+    for f in fields(cls):
+        want = int if f.type == "int" else str  # annotations are strings (future import)
+        value = obj.get(f.name)
+        # bool is an int subclass; an ofport of `true` is still a client bug
+        if not isinstance(value, want) or isinstance(value, bool):
+            raise ApiError(400, f"{cls.__name__}.{f.name}: expected {want.__name__}")
+        out[f.name] = value
+    return out
+
+
+@runtime_checkable
+class AgentApi(Protocol):
+    """What the agent core offers the local API (implemented by the agent, not here)."""
+
+    def attach_pod(self, req: PodAttach) -> PodInfo: ...
+    def detach_pod(self, container_id: str) -> None: ...
+    def list_pods(self) -> list[PodInfo]: ...
+    def members(self) -> list[dict]: ...
+    def pod_stats(self) -> list[dict]: ...
+    def flows(self) -> list[str]: ...
+    def set_nodes(self, nodes: list[dict]) -> None: ...
+    def health(self) -> dict: ...
+
+
+def _parse_nodes(body: Any) -> list[dict]:
+    """Validate a PUT /v1/nodes body: {"nodes": [{"name": str, "ips": [str, ...]}, ...]}."""
+    nodes = body.get("nodes") if isinstance(body, dict) else None
+    if not isinstance(nodes, list):
+        raise ApiError(400, 'expected {"nodes": [...]}')
+    for i, node in enumerate(nodes):
+        if not isinstance(node, dict) or not isinstance(node.get("name"), str):
+            raise ApiError(400, f"nodes[{i}]: expected an object with a string 'name'")
+        ips = node.get("ips")
+        if not isinstance(ips, list) or not all(isinstance(ip, str) for ip in ips):
+            raise ApiError(400, f"nodes[{i}].ips: expected a list of strings")
+    return nodes
+
+
+# -- server -----------------------------------------------------------------------------------
+
+_POD_PATH = re.compile(r"^/v1/pods/(?P<cid>[^/]+)$")
+
+
+class _Handler(BaseHTTPRequestHandler):
+    """One HTTP connection; dispatches requests to the server's AgentApi."""
+
+    protocol_version = "HTTP/1.1"  # keep-alive; every response carries Content-Length
+    server: _UnixHttpServer
+    timeout = 30  # an idle keep-alive client must not pin a thread forever
+
+    # route table: path -> {method: handler method name}
+    _ROUTES: dict[str, dict[str, str]] = {
+        "/healthz": {"GET": "_health"},
+        "/v1/pods": {"GET": "_list_pods", "POST": "_attach_pod"},
+        "/v1/members": {"GET": "_members"},
+        "/v1/stats/pods": {"GET": "_pod_stats"},
+        "/v1/flows": {"GET": "_flows"},
+        "/v1/nodes": {"PUT": "_set_nodes"},
+    }
+
+    def do_GET(self) -> None:
+        self._dispatch("GET")
+
+    def do_POST(self) -> None:
+        self._dispatch("POST")
+
+    def do_PUT(self) -> None:
+        self._dispatch("PUT")
+
+    def do_DELETE(self) -> None:
+        self._dispatch("DELETE")
+
+    def _dispatch(self, method: str) -> None:
+        path = urllib.parse.urlsplit(self.path).path
+        self._allow = ""
+        try:
+            # read the body whatever the route: an unread body would corrupt the next
+            # request on this keep-alive connection
+            self._raw = self._read_body()
+            status, payload = self._route(method, path)
+        except ApiError as exc:
+            status, payload = exc.status, {"error": exc.message}
+        except Exception as exc:  # a bug in the agent core: answer, log, keep serving
+            log.exception("local API %s %s failed", method, path)
+            status, payload = 500, {"error": f"internal error: {type(exc).__name__}: {exc}"}
+        self._send(status, payload)
+
+    def _route(self, method: str, path: str) -> tuple[int, Any]:
+        api = self.server.api
+        if m := _POD_PATH.match(path):
+            if method != "DELETE":
+                raise self._not_allowed(["DELETE"])
+            api.detach_pod(urllib.parse.unquote(m["cid"]))
+            return 204, None
+        methods = self._ROUTES.get(path)
+        if methods is None:
+            raise ApiError(404, f"no such endpoint: {path}")
+        if method not in methods:
+            raise self._not_allowed(list(methods))
+        return getattr(self, methods[method])(api)
+
+    def _not_allowed(self, allowed: list[str]) -> ApiError:
+        self._allow = ", ".join(allowed)
+        return ApiError(405, f"method not allowed; allowed: {self._allow}")
+
+    # -- endpoints --
+
+    def _health(self, api: AgentApi) -> tuple[int, Any]:
+        return 200, api.health()
+
+    def _list_pods(self, api: AgentApi) -> tuple[int, Any]:
+        return 200, {"pods": [asdict(p) for p in api.list_pods()]}
+
+    def _attach_pod(self, api: AgentApi) -> tuple[int, Any]:
+        return 201, asdict(api.attach_pod(PodAttach.from_json(self._body())))
+
+    def _members(self, api: AgentApi) -> tuple[int, Any]:
+        return 200, {"members": api.members()}
+
+    def _pod_stats(self, api: AgentApi) -> tuple[int, Any]:
+        return 200, {"pods": api.pod_stats()}
+
+    def _flows(self, api: AgentApi) -> tuple[int, Any]:
+        return 200, {"flows": api.flows()}
+
+    def _set_nodes(self, api: AgentApi) -> tuple[int, Any]:
+        api.set_nodes(_parse_nodes(self._body()))
+        return 204, None
+
+    # -- plumbing --
+
+    def _read_body(self) -> bytes:
+        try:
+            length = int(self.headers.get("Content-Length", "0"))
+        except ValueError:
+            self.close_connection = True
+            raise ApiError(400, "bad Content-Length") from None
+        if length > MAX_BODY:
+            self.close_connection = True  # we will not read it, so the stream is lost
+            raise ApiError(413, f"body larger than {MAX_BODY} bytes")
+        return self.rfile.read(length) if length > 0 else b""
+
+    def _body(self) -> Any:
+        try:
+            return json.loads(self._raw or b"null")
+        except ValueError as exc:
+            raise ApiError(400, f"invalid JSON: {exc}") from None
+
+    def _send(self, status: int, payload: Any) -> None:
+        body = b"" if status == 204 else json.dumps(payload).encode()
+        self.send_response(status)
+        if status == 405:
+            self.send_header("Allow", self._allow)
+        if body:
+            self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if body:  # writing b"" after a 204 can still raise EPIPE if the client hung up
+            self.wfile.write(body)
+
+    def address_string(self) -> str:
+        return "unix"  # client_address is "" for AF_UNIX; the default indexes into it
+
+    def log_message(self, format: str, *args: Any) -> None:
+        log.debug("local API: " + format, *args)
+
+
+class _UnixHttpServer(socketserver.ThreadingUnixStreamServer):
+    daemon_threads = True  # keep-alive handler threads must not block stop()
+    request_queue_size = socket.SOMAXCONN  # the default 5 is soon full when pods start in bulk
+    api: AgentApi
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # the default prints to stderr; a client hanging up early is routine, not a fault
+        exc = sys.exc_info()[1]
+        if isinstance(exc, (BrokenPipeError, ConnectionResetError)):
+            log.debug("local API client went away: %s", exc)
+        else:
+            log.exception("local API connection failed")
+
+    def server_bind(self) -> None:
+        # Bind a private name, restrict it, then rename into place: the socket is never
+        # reachable with a wider mode, and a stale socket is replaced atomically.
+        path = str(self.server_address)
+        tmp = f"{path}.{os.getpid()}.tmp"
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        self.socket.bind(tmp)
+        os.chmod(tmp, 0o600)
+        os.replace(tmp, path)
+        self.server_address = path
+
+
+class LocalApiServer:
+    """Serves an AgentApi on a unix socket (mode 0600) from a background thread."""
+
+    def __init__(self, path: str | os.PathLike[str], handler: AgentApi) -> None:
+        self.path = Path(path)
+        self.handler = handler
+        self._server: _UnixHttpServer | None = None
+        self._thread: threading.Thread | None = None
+        self._inode: int | None = None
+
+    def start(self) -> None:
+        if self._server is not None:
+            raise RuntimeError("local API server already started")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._check_existing()
+        server = _UnixHttpServer(str(self.path), _Handler, bind_and_activate=False)
+        server.api = self.handler
+        try:
+            server.server_bind()
+            server.server_activate()
+        except BaseException:
+            server.server_close()
+            raise
+        self._inode = self.path.stat().st_ino
+        self._server = server
+        self._thread = threading.Thread(
+            target=server.serve_forever, name="local-api", kwargs={"poll_interval": 0.2}
+        )
+        self._thread.daemon = True
+        self._thread.start()
+        log.info("local API listening on %s", self.path)
+
+    def _check_existing(self) -> None:
+        """Refuse to steal a live socket or clobber a non-socket; a stale socket is fine."""
+        try:
+            st = self.path.lstat()
+        except FileNotFoundError:
+            return
+        if not stat.S_ISSOCK(st.st_mode):
+            raise RuntimeError(f"{self.path} exists and is not a socket")
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            probe.settimeout(1.0)
+            probe.connect(str(self.path))
+        except OSError:
+            log.info("replacing stale socket %s", self.path)
+            return
+        finally:
+            probe.close()
+        raise RuntimeError(f"another server is listening on {self.path}")
+
+    def stop(self) -> None:
+        server, self._server = self._server, None
+        if server is None:
+            return
+        server.shutdown()
+        server.server_close()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        # only remove the file if it is still ours (a successor may have replaced it)
+        try:
+            if self.path.stat().st_ino == self._inode:
+                self.path.unlink()
+        except FileNotFoundError:
+            pass
+        log.info("local API on %s stopped", self.path)
+
+    def __enter__(self) -> LocalApiServer:
+        self.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.stop()
+
+
+# -- client -----------------------------------------------------------------------------------
+
+
+class _UnixHTTPConnection(http.client.HTTPConnection):
+    def __init__(self, path: str, timeout: float) -> None:
+        super().__init__("localhost", timeout=timeout)
+        self._unix_path = path
+
+    def connect(self) -> None:
+        # A full listen backlog makes a non-blocking AF_UNIX connect fail at once with EAGAIN
+        # (TCP would wait); many pods starting together do that, so retry until the timeout.
+        deadline = time.monotonic() + self.timeout
+        delay = 0.005
+        while True:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.settimeout(self.timeout)
+            try:
+                sock.connect(self._unix_path)
+            except BlockingIOError:
+                sock.close()
+                if time.monotonic() + delay > deadline:
+                    raise TimeoutError(f"listen backlog of {self._unix_path} stayed full") from None
+                time.sleep(delay)
+                delay = min(delay * 2, 0.2)
+                continue
+            except BaseException:
+                sock.close()
+                raise
+            self.sock = sock
+            return
+
+
+class AgentClient:
+    """Client of the local API; one short connection per call, so it is thread-safe."""
+
+    def __init__(self, path: str | os.PathLike[str], timeout: float = 10.0) -> None:
+        self.path = str(path)
+        self.timeout = timeout
+
+    def attach_pod(self, req: PodAttach) -> PodInfo:
+        return PodInfo.from_json(self._call("POST", "/v1/pods", asdict(req)))
+
+    def detach_pod(self, container_id: str) -> None:
+        self._call("DELETE", "/v1/pods/" + urllib.parse.quote(container_id, safe=""))
+
+    def list_pods(self) -> list[PodInfo]:
+        return [PodInfo.from_json(p) for p in self._call("GET", "/v1/pods")["pods"]]
+
+    def members(self) -> list[dict]:
+        return list(self._call("GET", "/v1/members")["members"])
+
+    def pod_stats(self) -> list[dict]:
+        return list(self._call("GET", "/v1/stats/pods")["pods"])
+
+    def flows(self) -> list[str]:
+        return list(self._call("GET", "/v1/flows")["flows"])
+
+    def set_nodes(self, nodes: list[dict]) -> None:
+        self._call("PUT", "/v1/nodes", {"nodes": nodes})
+
+    def health(self) -> dict:
+        return dict(self._call("GET", "/healthz"))
+
+    def _call(self, method: str, url: str, body: Any = None) -> Any:
+        conn = _UnixHTTPConnection(self.path, self.timeout)
+        data = None if body is None else json.dumps(body).encode()
+        headers = {"Content-Type": "application/json"} if data is not None else {}
+        try:
+            try:
+                conn.request(method, url, body=data, headers=headers)
+            except (FileNotFoundError, ConnectionRefusedError, PermissionError) as exc:
+                raise ApiError(503, f"agent not reachable at {self.path}: {exc}") from exc
+            resp = conn.getresponse()
+            raw = resp.read()
+        except TimeoutError as exc:
+            raise ApiError(
+                504, f"agent at {self.path} did not answer {method} {url} within {self.timeout}s"
+            ) from exc
+        except (OSError, http.client.HTTPException) as exc:
+            raise ApiError(503, f"agent at {self.path}: {method} {url} failed: {exc}") from exc
+        finally:
+            conn.close()
+        payload = _decode(raw)
+        if resp.status >= 400:
+            msg = payload.get("error") if isinstance(payload, dict) else None
+            raise ApiError(resp.status, str(msg) if msg else raw.decode(errors="replace"))
+        if resp.status != 204 and payload is None:
+            raise ApiError(502, f"agent sent an unreadable answer to {method} {url}")
+        return payload
+
+
+def _decode(raw: bytes) -> Any:
+    try:
+        return json.loads(raw) if raw else None
+    except ValueError:
+        return None
