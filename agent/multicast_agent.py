@@ -173,10 +173,14 @@ class MulticastAgent:
     # ------------------------------------------------------------------ nodes
 
     def set_nodes(self, nodes: list[dict]) -> None:
-        """The cluster's node set (name, ip). Our own entry is ignored."""
+        """The cluster's node set (name, ips: the first IP is its tunnel endpoint).
+
+        Our own entry is ignored.
+        """
         with self._lock:
-            new = {n["name"]: n["ip"] for n in nodes
-                   if n["name"] != self.cfg.node_name and n["ip"] != self.cfg.node_ip}
+            new = {n["name"]: n["ips"][0] for n in nodes
+                   if n["ips"] and n["name"] != self.cfg.node_name
+                   and n["ips"][0] != self.cfg.node_ip}
             gone = set(self._nodes.values()) - set(new.values())
             changed: set[str] = set()
             for ip in gone:

@@ -46,7 +46,7 @@ TABLES = (
     ),
     TableSpec(
         INGRESS_RULE, Stage.INGRESS_SECURITY, Miss.NEXT,
-        frozenset({"reg0", "reg1"} | _IP),
+        frozenset({"in_port", "reg0", "reg1"} | _IP),
         frozenset({INGRESS_METRIC}),
         "Multicast ingress policy of the receiving pod (allow-all until policy is pushed).",
     ),

@@ -124,10 +124,21 @@ def _fork_flow(cfg: BridgeConfig, in_port: int, cls: PortClass, nxt: str, cat: C
 
 
 def pod_flows(cfg: BridgeConfig, ofport: int) -> list[Flow]:
-    """Per pod port: IGMP punt, multicast fork into the egress stages, both metric flows."""
+    """Per pod port: IGMP punt, multicast fork into the egress stages, both metric flows.
+
+    The self-loop drop removes the copy a member-sender's own bucket makes for it before the
+    ingress metric counts it (OVS would drop it at output anyway, as output to in_port).
+    """
     return [
         igmp_punt_flow(cfg, ofport, PuntReason.IGMP_POD, ofport),
         _fork_flow(cfg, ofport, PortClass.POD, layout.EGRESS_RULE, Category.POD, ofport),
+        _flow(
+            layout.INGRESS_RULE,
+            priorities.SELF_LOOP,
+            Match.of((OUT_PORT, ofport), in_port=ofport, eth_type=ETH_TYPE_IP),
+            (Drop(),),
+            cfg.cookie(Category.POD, ofport),
+        ),
         _flow(
             layout.EGRESS_METRIC,
             priorities.NORMAL,

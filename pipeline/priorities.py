@@ -14,3 +14,5 @@ PUNT = 220
 """IGMP punts to the agent: above every data flow of the same port."""
 NODE_SNAT_DROP = 230
 """Drop multicast that another cluster node SNATed onto the underlay (it came by tunnel)."""
+SELF_LOOP = 0xFFF0
+"""Drop a pod's own copy before its ingress metric: a sender that is a member gets no copy."""

@@ -20,6 +20,7 @@ from pathlib import Path
 import yaml
 from pyroute2 import IPRoute
 
+from agent.cni.podnet import set_tx_checksum
 from agent.localapi import AgentClient, ApiError
 from tools.mclab import netns
 from tools.mclab import state as st
@@ -72,9 +73,7 @@ def _multicast_route(ns: str, ifname: str) -> None:
 def _tx_off(ns: str, ifname: str) -> None:
     # The userspace datapath forwards veth frames with partial checksums as they are: UDP from
     # a sender whose veth offloads the checksum arrives corrupt. Senders must checksum in full.
-    res = netns.run(ns, ["ethtool", "-K", ifname, "tx", "off"])
-    if res.returncode != 0:
-        raise LabError(f"ethtool -K {ifname} tx off in {ns}: {res.stderr.strip()}")
+    set_tx_checksum(ifname, False, netns=str(netns.NETNS_DIR / ns))
 
 
 def _short(prefix: str, name: str) -> str:
@@ -151,7 +150,7 @@ def _ovs(node: st.NodeState) -> OvsNode:
 
 def announce_nodes(lab: st.LabState) -> None:
     """Tell every agent the node set (the controller's job in a cluster)."""
-    nodes = [{"name": n.name, "ip": n.ip} for n in lab.nodes]
+    nodes = [{"name": n.name, "ips": [n.ip]} for n in lab.nodes]
     for n in lab.nodes:
         AgentClient(n.api_socket, timeout=10).set_nodes(nodes)
 
