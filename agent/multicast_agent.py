@@ -13,7 +13,6 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from typing import Any, Protocol
 
 from agent import forwarding as fw
@@ -69,29 +68,30 @@ class Reconciler(Protocol):
 class PodPorts(Protocol):
     """The OVSDB side of pod attachment."""
 
-    def add_pod_port(self, ifname: str, external_ids: dict[str, str]) -> int: ...
+    def add_pod_port(self, pod: PodAttach) -> int: ...
 
     def del_port(self, ifname: str) -> None: ...
 
 
-@dataclass(frozen=True)
-class PacketIn:
+class PacketIn(Protocol):
     in_port: int
     userdata: bytes
     data: bytes
-    tun_src: str | None = None
+    tun_src: str | None
 
 
 class MulticastAgent:
     def __init__(self, cfg: AgentConfig, bridge: BridgeConfig, switch: Switch,
                  reconciler: Reconciler, ports: PodPorts,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 neighbour_seeder: Callable[[str], object] | None = None) -> None:
         self.cfg = cfg
         self.bridge = bridge
         self._switch = switch
         self._rec = reconciler
         self._ports = ports
         self._clock = clock
+        self._seed_neighbour = neighbour_seeder
         self._lock = threading.RLock()
         timers = Timers(query_interval_s=cfg.query_interval_s, max_response_s=cfg.max_response_s,
                         robustness=cfg.robustness)
@@ -107,14 +107,21 @@ class MulticastAgent:
 
     # ------------------------------------------------------------------ start-up
 
-    def start(self, existing_pods: Iterable[PodInfo] = ()) -> None:
-        """Install the pipeline and re-adopt pods found on the bridge (agent restart)."""
+    def start(self, existing_pods: Iterable[PodInfo] = (),
+              install: Callable[[], object] | None = None) -> None:
+        """Install the pipeline and re-adopt pods found on the bridge (agent restart).
+
+        ``install`` replaces the plain flush at start-up (the reconciler's round swap).
+        """
         with self._lock:
             self._rec.set(fw.PIPELINE, "", fw.pipeline_state(self.bridge))
             for pod in existing_pods:
                 self._add_pod(pod)
             self._rec.set(fw.QUERY, "", fw.query_state(self._by_port))
-            self._rec.flush()
+            if install is not None:
+                install()
+            else:
+                self._rec.flush()
 
     # ------------------------------------------------------------------ pods (AgentApi)
 
@@ -126,9 +133,7 @@ class MulticastAgent:
                     raise ApiError(409, f"container {req.container_id} is attached as "
                                         f"{old.host_ifname}, not {req.host_ifname}")
                 return old
-            ext = {"pod-namespace": req.namespace, "pod-name": req.name,
-                   "container-id": req.container_id, "pod-ip": req.ip, "pod-mac": req.mac}
-            ofport = self._ports.add_pod_port(req.host_ifname, ext)
+            ofport = self._ports.add_pod_port(req)
             pod = PodInfo(**{**req.__dict__, "ofport": ofport})
             try:
                 self._add_pod(pod)
@@ -175,12 +180,18 @@ class MulticastAgent:
     def set_nodes(self, nodes: list[dict]) -> None:
         """The cluster's node set (name, ips: the first IP is its tunnel endpoint).
 
-        Our own entry is ignored.
+        Our own entry is ignored. New nodes' tunnel neighbours are resolved before anything is
+        sent to them, so no first packet is lost while OVS would resolve it.
         """
+        new = {n["name"]: n["ips"][0] for n in nodes
+               if n["ips"] and n["name"] != self.cfg.node_name
+               and n["ips"][0] != self.cfg.node_ip}
+        if self._seed_neighbour is not None:
+            with self._lock:
+                known = set(self._nodes.values())
+            for ip in sorted(set(new.values()) - known):
+                self._seed_neighbour(ip)
         with self._lock:
-            new = {n["name"]: n["ips"][0] for n in nodes
-                   if n["ips"] and n["name"] != self.cfg.node_name
-                   and n["ips"][0] != self.cfg.node_ip}
             gone = set(self._nodes.values()) - set(new.values())
             changed: set[str] = set()
             for ip in gone:

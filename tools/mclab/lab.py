@@ -245,7 +245,7 @@ def _cni(node: st.NodeState, command: str, pod: st.PodState) -> dict:
         "CNI_CONTAINERID": pod.container_id,
         "CNI_NETNS": str(netns.NETNS_DIR / pod.netns),
         "CNI_IFNAME": "eth0",
-        "CNI_ARGS": f"K8S_POD_NAMESPACE={pod.namespace};K8S_POD_NAME={pod.name}",
+        "CNI_ARGS": f"IgnoreUnknown=1;K8S_POD_NAMESPACE={pod.namespace};K8S_POD_NAME={pod.name}",
         "CNI_PATH": CNI_PATH,
     }
     plugin = str(Path(sys.executable).parent / "mcast-cni")

@@ -1,0 +1,183 @@
+"""`mcast-agent`: start-up and wiring of the node agent.
+
+Order matters: the OpenFlow listener starts first, then OVSDB sets br-int's controller (before
+anything is programmed: adding a controller flushes the bridge), names the tables, ensures the
+tunnel port and the uplink patch; then, once the bridge is connected, the new round's flows go
+in and older rounds go out in one bundle. Only then does the local API open. A fatal error in
+any thread stops the process so the supervisor restarts it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+from types import FrameType
+
+from prometheus_client import start_http_server
+from pyroute2 import IPRoute
+
+from agent import metrics
+from agent.config import AgentConfig, ConfigError, load_config
+from agent.localapi import LocalApiServer, PodAttach, PodInfo
+from agent.multicast_agent import MulticastAgent
+from agent.ofswitch import OpenFlowSwitch
+from agent.ovsdb import Ovsdb, PortInfo, pod_external_ids
+from agent.reconciler import Reconciler
+from agent.tunnel_neigh import seed_tunnel_neighbour
+from pipeline.layout import multicast_pipeline
+from pipeline.multicast import BridgeConfig, Mode
+
+log = logging.getLogger(__name__)
+
+TUNNEL_PORT = "mc-tun0"
+INT_PATCH = "mc-patch-phy"  # on br-int, towards br-phy
+PHY_PATCH = "mc-patch-int"  # on br-phy, towards br-int
+ROUND_LIMIT = 0xFFFF
+TICK_S = 0.1
+CONNECT_TIMEOUT_S = 30.0
+
+
+class PodPorts:
+    """The OVSDB calls MulticastAgent needs, bound to br-int."""
+
+    def __init__(self, db: Ovsdb, bridge: str) -> None:
+        self._db = db
+        self._bridge = bridge
+
+    def add_pod_port(self, pod: PodAttach) -> int:
+        ext = {**pod_external_ids(pod.namespace, pod.name, pod.container_id),
+               "pod-ip": pod.ip, "pod-mac": pod.mac}
+        return self._db.add_pod_port(pod.host_ifname, ext, bridge=self._bridge)
+
+    def del_port(self, ifname: str) -> None:
+        self._db.del_port(ifname)
+
+
+def _pod_from_port(port: PortInfo) -> PodInfo | None:
+    ext = port.external_ids
+    if "container-id" not in ext or port.ofport <= 0:
+        return None
+    return PodInfo(namespace=ext.get("pod-namespace", ""), name=ext.get("pod-name", ""),
+                   container_id=ext["container-id"], host_ifname=port.name,
+                   ip=ext.get("pod-ip", ""), mac=ext.get("pod-mac", ""), ofport=port.ofport)
+
+
+def _interface_mac(ifname: str) -> str:
+    with IPRoute() as ipr:
+        idx = ipr.link_lookup(ifname=ifname)
+        if not idx:
+            raise ConfigError(f"node.mac: not given and interface {ifname} not found")
+        return str(ipr.get_links(idx[0])[0].get("IFLA_ADDRESS"))
+
+
+class Agent:
+    """The running agent process: adaptors, core, API, timer."""
+
+    def __init__(self, cfg: AgentConfig) -> None:
+        self.cfg = cfg
+        self.pipeline = multicast_pipeline()
+        self.switch = OpenFlowSwitch(self.pipeline, "127.0.0.1", cfg.controller_port)
+        self.db = Ovsdb(cfg.ovsdb)
+        self.stop_event = threading.Event()
+        self.core: MulticastAgent | None = None
+        self.api: LocalApiServer | None = None
+
+    def _bridges(self) -> tuple[int | None, int | None, str]:
+        cfg, db = self.cfg, self.db
+        db.ensure_bridge(cfg.int_bridge, cfg.datapath_type,
+                         controller=f"tcp:127.0.0.1:{cfg.controller_port}")
+        db.set_table_names(cfg.int_bridge, self.pipeline)
+        tunnel = None
+        if cfg.encap_mode is Mode.ENCAP:
+            db.ensure_tunnel_port(cfg.int_bridge, TUNNEL_PORT, cfg.tunnel_type, cfg.tunnel_ofport)
+            tunnel = cfg.tunnel_ofport
+        uplink = None
+        if cfg.uplink:
+            db.ensure_uplink(cfg.phy_bridge, cfg.datapath_type, cfg.uplink, cfg.int_bridge,
+                             INT_PATCH, PHY_PATCH, cfg.uplink_ofport,
+                             hwaddr=cfg.node_mac or None)
+            uplink = cfg.uplink_ofport
+        mac = cfg.node_mac or _interface_mac(cfg.phy_bridge if cfg.uplink else cfg.int_bridge)
+        return tunnel, uplink, mac
+
+    def start(self) -> None:
+        cfg = self.cfg
+        self.switch.start()
+        tunnel, uplink, mac = self._bridges()
+        round_ = (self.db.get_round(cfg.int_bridge) or 0) % ROUND_LIMIT + 1
+        self.switch.wait_connected(CONNECT_TIMEOUT_S)
+        bridge = BridgeConfig(cfg.encap_mode, round_, cfg.node_ip, mac, tunnel_port=tunnel,
+                              uplink_port=uplink)
+        rec = Reconciler(self.switch, self.pipeline)
+        def seed(ip: str) -> None:
+            seed_tunnel_neighbour(cfg.ovs_rundir, cfg.phy_bridge, ip)
+
+        core = MulticastAgent(cfg, bridge, self.switch, rec, PodPorts(self.db, cfg.int_bridge),
+                              neighbour_seeder=seed if tunnel is not None else None)
+        pods = [p for p in map(_pod_from_port, self.db.list_ports(cfg.int_bridge)) if p]
+        core.start(pods, install=lambda: rec.startup(round_))
+        self.db.set_round(round_, cfg.int_bridge)
+        self.switch.on_packet_in = core.handle_packet_in
+        # A reconnect (e.g. ovs-vswitchd restart) replays everything we want onto the switch.
+        self.switch.on_connected = lambda _dpid: rec.startup(round_)
+        self.core = core
+        if cfg.metrics_port:
+            start_http_server(cfg.metrics_port)
+            metrics.register_pod_collector(core.pod_stats)
+        self.api = LocalApiServer(cfg.api_socket, core)
+        self.api.start()
+        log.info("agent of %s up: mode %s, round %d, %d pods re-adopted", cfg.node_name,
+                 cfg.encap_mode, round_, len(pods))
+
+    def run(self) -> None:
+        assert self.core is not None
+        while not self.stop_event.wait(TICK_S):
+            self.core.tick()
+
+    def stop(self) -> None:
+        self.stop_event.set()
+        if self.api is not None:
+            self.api.stop()
+        self.switch.stop()
+        self.db.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="mcast-agent", description="kube-mcast node agent")
+    p.add_argument("--config", required=True, help="agent YAML config")
+    p.add_argument("--log-level", default="INFO")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("pyroute2").setLevel(logging.WARNING)
+    try:
+        cfg = load_config(args.config)
+    except ConfigError as e:
+        print(f"mcast-agent: {e}", file=sys.stderr)
+        return 2
+    if not cfg.multicast_enabled:
+        log.warning("multicast is disabled (featureGates.Multicast / multicast.enable): idle")
+    agent = Agent(cfg)
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        log.info("signal %d: stopping (flows stay installed for the next start)", signum)
+        agent.stop_event.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    if not cfg.multicast_enabled:
+        agent.stop_event.wait()
+        return 0
+    agent.start()
+    try:
+        agent.run()
+    finally:
+        agent.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
