@@ -1,0 +1,500 @@
+"""A pure OpenFlow 1.3 switch simulator over our flow/group descriptions (cf. Faucet fakeoftable).
+
+This module owns the *semantics* tests rely on when they ask "where does this packet go":
+priority lookup, masked and register matches, apply-actions in order, ALL groups whose buckets
+each work on a copy, resubmit/goto, packet-ins, the implicit drop of output to the input port,
+and per-flow / per-group packet counters. No os-ken, no I/O, no module-level mutable state.
+
+Where Open vSwitch 3.1 differs from a naive reading of OpenFlow, we follow OVS (checked against
+``ofproto/trace`` in tests/pipeline/test_fake_vs_ovs.py):
+
+* A group bucket is an OpenFlow *action set*: OVS runs its set-field/load actions in order and
+  then only ONE final action (group > output > resubmit > ct, the last of a kind wins); any
+  other action (output_reg, controller, a second output ...) is silently dropped. A bucket not
+  already in that form is refused at install time (``strict_buckets``), since it is a pipeline
+  bug that the switch would hide.
+* ``ct(nat)`` rewrites the datapath packet, which OVS cannot roll back when it "clones" for the
+  next bucket: every copy delivered after a NAT in the same traversal carries the NATed source,
+  even from another bucket. Matching is unaffected (the translated flow keeps the old source).
+* A flow naming a missing group is refused (OFPBAC_BAD_OUT_GROUP); deleting a group deletes
+  the flows that use it; adding an existing group fails (OFPGMFC_GROUP_EXISTS).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+from collections.abc import Collection, Iterable
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+from pipeline.model import (
+    ETH_TYPE_IP,
+    FIELD_KINDS,
+    IP_PROTO_UDP,
+    OFPP_CONTROLLER,
+    OFPP_IN_PORT,
+    Action,
+    Bucket,
+    Controller,
+    Ct,
+    Drop,
+    Flow,
+    GotoTable,
+    Group,
+    GroupAction,
+    LoadReg,
+    Match,
+    Output,
+    OutputReg,
+    Resubmit,
+    SetField,
+    SetTunnelDst,
+)
+from pipeline.ops import Command, FlowOp, GroupOp, Op
+from pipeline.tables import Pipeline
+
+MAX_DEPTH = 64
+"""Nested table/group invocations before translation aborts (OVS's MAX_DEPTH)."""
+
+FlowKey = tuple[str, int, Match]
+
+_SET_ACTIONS = (SetField, LoadReg, SetTunnelDst)
+# Final actions of an action set, lowest precedence first (OVS ACTION_SET_FINAL_PRIORITY).
+_FINAL_ACTIONS: tuple[type, ...] = (Ct, Resubmit, Output, GroupAction)
+_NEEDS_IP = frozenset({"ip_proto", "ipv4_src", "ipv4_dst", "udp_dst"})
+_PACKET_ATTRS = MappingProxyType({"tun_ipv4_src": "tun_src", "tun_ipv4_dst": "tun_dst"})
+
+
+class FakeTableError(Exception):
+    """The switch would refuse this, or the pipeline is ambiguous: a bug in what we built."""
+
+
+class AmbiguousMatch(FakeTableError):
+    """Two flows of the same priority both match a packet: OVS would pick one arbitrarily."""
+
+
+@dataclass(frozen=True)
+class Packet:
+    """An IPv4 packet entering the bridge (registers start at 0). Tunnel fields: as received."""
+
+    in_port: int
+    eth_src: str
+    eth_dst: str
+    ipv4_src: str
+    ipv4_dst: str
+    ip_proto: int
+    udp_dst: int | None = None
+    tun_src: str | None = None
+    tun_dst: str | None = None
+    tunnel_id: int | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("eth_src", "eth_dst"):
+            object.__setattr__(self, name, str(getattr(self, name)).lower())
+        for name in ("ipv4_src", "ipv4_dst", "tun_src", "tun_dst"):
+            value = getattr(self, name)
+            if value is not None:
+                object.__setattr__(self, name, str(ipaddress.IPv4Address(value)))
+
+    def replace(self, **changes: object) -> Packet:
+        return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
+
+
+def multicast_mac(group_ip: str) -> str:
+    """The Ethernet address an IPv4 multicast group maps to (01:00:5e + low 23 bits)."""
+    low = int(ipaddress.IPv4Address(group_ip)) & 0x7FFFFF
+    return "01:00:5e:" + ":".join(f"{(low >> s) & 0xFF:02x}" for s in (16, 8, 0))
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """One copy leaving the bridge: the port, the headers as sent, the tunnel destination."""
+
+    port: int
+    packet: Packet
+    tun_dst: str | None = None
+
+    def key(self) -> tuple[int, str | None, str, str]:
+        """The normalized view compared with real OVS: (port, tun_dst, ipv4_src, eth_src)."""
+        return (self.port, self.tun_dst, self.packet.ipv4_src, self.packet.eth_src)
+
+
+@dataclass(frozen=True)
+class PacketIn:
+    userdata: bytes
+    table: str
+    packet: Packet
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What a packet did, in a form real OVS traces can be reduced to as well."""
+
+    deliveries: tuple[tuple[int, str | None, str, str], ...]
+    packet_ins: tuple[bytes, ...]
+
+
+@dataclass
+class Trace:
+    """Everything one packet did on the switch, in order."""
+
+    packet: Packet
+    deliveries: list[Delivery] = field(default_factory=list)
+    suppressed: list[Delivery] = field(default_factory=list)  # to in_port: OVS drops them
+    packet_ins: list[PacketIn] = field(default_factory=list)
+    tables: list[str] = field(default_factory=list)
+    flows: list[FlowKey] = field(default_factory=list)
+    drops: list[str] = field(default_factory=list)
+    nat: list[str] = field(default_factory=list)  # sources conntrack NATed to, in order
+
+    def ports(self) -> list[int]:
+        """Delivered ports, sorted, one entry per copy."""
+        return sorted(d.port for d in self.deliveries)
+
+    def to(self, port: int) -> list[Delivery]:
+        return [d for d in self.deliveries if d.port == port]
+
+    def outcome(self) -> Outcome:
+        return Outcome(
+            tuple(sorted((d.key() for d in self.deliveries), key=repr)),
+            tuple(sorted(p.userdata for p in self.packet_ins)),
+        )
+
+    def explain(self) -> str:
+        """A readable summary for assertion messages."""
+        lines = [f"packet {self.packet}", f"tables {' -> '.join(self.tables)}"]
+        lines += [f"  deliver {d.key()}" for d in self.deliveries]
+        lines += [f"  suppressed (in_port) {d.port}" for d in self.suppressed]
+        lines += [f"  packet-in {p.userdata.hex()} from {p.table}" for p in self.packet_ins]
+        lines += [f"  drop: {r}" for r in self.drops]
+        return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class _State:
+    """The translated packet: headers and metadata as later matches see them, plus registers."""
+
+    packet: Packet
+    regs: tuple[int, ...] = (0,) * 8
+
+
+class _TooDeep(Exception):
+    """Internal: translation went past MAX_DEPTH (caught in ``process``)."""
+
+
+def _as_int(name: str, value: int | str) -> int:
+    kind = FIELD_KINDS[name]
+    if kind == "ip":
+        return int(ipaddress.IPv4Address(value))
+    return int(str(value).replace(":", ""), 16) if kind == "mac" else int(value)
+
+
+def _field_value(state: _State, name: str) -> int | None:
+    """Value of match field ``name`` for this packet; None when the packet lacks the field."""
+    if name.startswith("reg"):
+        return state.regs[int(name[3:])]
+    p = state.packet
+    if name == "eth_type":
+        return ETH_TYPE_IP
+    if name == "udp_dst":
+        return (p.udp_dst or 0) if p.ip_proto == IP_PROTO_UDP else None
+    value = getattr(p, _PACKET_ATTRS.get(name, name))
+    return 0 if value is None else _as_int(name, value)  # no tunnel metadata reads as 0
+
+
+def _matches(match: Match, state: _State) -> bool:
+    for fm in match.fields:
+        have = _field_value(state, fm.name)
+        if have is None:
+            return False
+        want = _as_int(fm.name, fm.value)
+        if fm.mask is not None:
+            mask = _as_int(fm.name, fm.mask)
+            if have & mask != want & mask:
+                return False
+        elif have != want:
+            return False
+    return True
+
+
+def _check_prerequisites(flow: Flow) -> None:
+    """OpenFlow refuses L3/L4 matches without their prerequisites (OFPBMC_BAD_PREREQ)."""
+    names = flow.match.names()
+    eth = flow.match.get("eth_type")
+    if names & _NEEDS_IP and (eth is None or eth.value != ETH_TYPE_IP):
+        raise FakeTableError(f"{flow.key}: IPv4 fields need eth_type=0x0800")
+    proto = flow.match.get("ip_proto")
+    if "udp_dst" in names and (proto is None or proto.value != IP_PROTO_UDP):
+        raise FakeTableError(f"{flow.key}: udp_dst needs ip_proto=17")
+
+
+def effective_bucket_actions(bucket: Bucket) -> tuple[Action, ...]:
+    """What OVS executes for a bucket: its set actions in order, then the one final action."""
+    sets = tuple(a for a in bucket.actions if isinstance(a, _SET_ACTIONS))
+    final: Action | None = None
+    rank = -1
+    for a in bucket.actions:
+        for r, kind in enumerate(_FINAL_ACTIONS):
+            if isinstance(a, kind) and r >= rank:
+                final, rank = a, r
+    return sets + (final,) if final is not None else ()
+
+
+class FakeSwitch:
+    """One bridge's flow tables and groups; ``process`` walks a packet through them."""
+
+    def __init__(self, pipeline: Pipeline, flows: Iterable[Flow] = (),
+                 groups: Iterable[Group] = (), *, tunnel_ports: Collection[int] = (),
+                 ports: Collection[int] | None = None, strict_buckets: bool = True) -> None:
+        """``tunnel_ports`` send to tun_dst; with ``ports``, outputs elsewhere are dropped."""
+        self.pipeline = pipeline
+        self.tunnel_ports = frozenset(tunnel_ports)
+        self.ports = frozenset(ports) if ports is not None else None
+        self.strict_buckets = strict_buckets
+        self._tables: dict[str, dict[tuple[int, Match], Flow]] = {n: {} for n in pipeline.names}
+        self._groups: dict[int, Group] = {}
+        self._flow_packets: dict[FlowKey, int] = {}
+        self._group_packets: dict[int, int] = {}
+        self.meters: dict[int, object] = {}
+        # Groups first: flows may only point at groups that exist, as on a real switch.
+        for g in groups:
+            self.add_group(g)
+        for f in flows:
+            self.add_flow(f)
+
+    # -- state changes ------------------------------------------------------------------------
+
+    def _check_group_refs(self, actions: Iterable[Action], where: str) -> None:
+        for gid in {a.group_id for a in actions if isinstance(a, GroupAction)} - set(self._groups):
+            raise FakeTableError(f"{where}: no group {gid} (OFPBAC_BAD_OUT_GROUP)")
+
+    def add_flow(self, flow: Flow) -> None:
+        """Add or replace (same table, priority, match) a flow; counters are kept on replace."""
+        self.pipeline.check_flow(flow)
+        _check_prerequisites(flow)
+        self._check_group_refs(flow.actions, f"flow {flow.key}")
+        self._tables[flow.table][(flow.priority, flow.match)] = flow
+        self._flow_packets.setdefault(flow.key, 0)
+
+    def delete_flow(self, flow: Flow) -> None:
+        """Strict delete by (table, priority, match); deleting a missing flow is a no-op."""
+        self._tables[flow.table].pop((flow.priority, flow.match), None)
+        self._flow_packets.pop(flow.key, None)
+
+    def _check_bucket(self, group_id: int, bucket: Bucket) -> None:
+        for a in bucket.actions:
+            if isinstance(a, GotoTable | Resubmit):
+                self.pipeline.spec(a.table)
+        self._check_group_refs(bucket.actions, f"group {group_id}")
+        if self.strict_buckets and effective_bucket_actions(bucket) != bucket.actions:
+            raise FakeTableError(f"group {group_id}: bucket {bucket.actions} is an action set; "
+                                 f"OVS would run {effective_bucket_actions(bucket)}")
+
+    def add_group(self, group: Group) -> None:
+        if group.group_id in self._groups:
+            raise FakeTableError(f"group {group.group_id} exists (OFPGMFC_GROUP_EXISTS)")
+        self._set_group(group)
+
+    def _set_group(self, group: Group) -> None:
+        for b in group.buckets:
+            self._check_bucket(group.group_id, b)
+        self._groups[group.group_id] = group
+        self._group_packets.setdefault(group.group_id, 0)
+
+    def modify_group(self, group: Group) -> None:
+        """OpenFlow 1.3 MODIFY: replaces every bucket."""
+        if group.group_id not in self._groups:
+            raise FakeTableError(f"group {group.group_id} unknown (OFPGMFC_UNKNOWN_GROUP)")
+        self._set_group(group)
+
+    def insert_buckets(self, group: Group) -> None:
+        old = self._groups.get(group.group_id)
+        if old is None:
+            raise FakeTableError(f"group {group.group_id} unknown (OFPGMFC_UNKNOWN_GROUP)")
+        self._set_group(dataclasses.replace(old, buckets=old.buckets + group.buckets))
+
+    def delete_group(self, group_id: int) -> None:
+        """Delete a group and, as OpenFlow requires, every flow that sends to it."""
+        if self._groups.pop(group_id, None) is None:
+            return
+        self._group_packets.pop(group_id, None)
+        for f in self.flows():
+            if GroupAction(group_id) in f.actions:
+                self.delete_flow(f)
+
+    def apply(self, ops: Iterable[Op]) -> None:
+        """Apply pipeline.ops operations in order, as one bundle would."""
+        for op in ops:
+            if isinstance(op, FlowOp):
+                self._flow_op(op.command, op.flow)
+            elif isinstance(op, GroupOp):
+                {
+                    Command.ADD: self.add_group,
+                    Command.MODIFY: self.modify_group,
+                    Command.INSERT_BUCKETS: self.insert_buckets,
+                    Command.DELETE: lambda g: self.delete_group(g.group_id),
+                }[op.command](op.group)
+            elif op.command is Command.DELETE:  # meters are only kept, never applied
+                self.meters.pop(op.meter.meter_id, None)
+            else:
+                self.meters[op.meter.meter_id] = op.meter
+
+    def _flow_op(self, command: Command, flow: Flow) -> None:
+        if command is Command.ADD:
+            self.add_flow(flow)
+        elif command is Command.DELETE:
+            self.delete_flow(flow)
+        elif command is Command.MODIFY:
+            # modify_strict over OF1.3: never adds, keeps the old cookie and the counters
+            old = self._tables[flow.table].get((flow.priority, flow.match))
+            if old is not None:
+                self.add_flow(dataclasses.replace(old, actions=flow.actions))
+        else:
+            raise FakeTableError(f"{command} is not a flow command")
+
+    # -- inspection ---------------------------------------------------------------------------
+
+    def flows(self) -> list[Flow]:
+        return [f for table in self._tables.values() for f in table.values()]
+
+    def groups(self) -> dict[int, Group]:
+        return dict(self._groups)
+
+    def n_packets(self, flow: Flow | FlowKey) -> int:
+        """Packets that hit ``flow`` (a copy through a group counts once per copy)."""
+        key = flow.key if isinstance(flow, Flow) else flow
+        return self._flow_packets[key]
+
+    def group_n_packets(self, group_id: int) -> int:
+        return self._group_packets[group_id]
+
+    def reset_counters(self) -> None:
+        self._flow_packets = dict.fromkeys(self._flow_packets, 0)
+        self._group_packets = dict.fromkeys(self._group_packets, 0)
+
+    # -- packet processing --------------------------------------------------------------------
+
+    def process(self, packet: Packet) -> Trace:
+        """Walk ``packet`` from the first table; a packet-out uses ``in_port=OFPP_CONTROLLER``."""
+        walk = _Walk(self, Trace(packet))
+        try:
+            walk.table(self.pipeline.names[0], _State(packet), 0)
+        except _TooDeep:
+            # OVS abandons the whole translation: nothing is sent at all.
+            walk.trace.deliveries.clear()
+            walk.trace.packet_ins.clear()
+            walk.trace.drops.append(f"translation deeper than {MAX_DEPTH}")
+        return walk.trace
+
+    def _lookup(self, table: str, state: _State) -> Flow | None:
+        hits = [f for f in self._tables[table].values() if _matches(f.match, state)]
+        best = [f for f in hits if f.priority == max(h.priority for h in hits)]
+        if len(best) > 1:
+            raise AmbiguousMatch(f"{table}: {len(best)} flows of priority {best[0].priority} "
+                                 f"match {state.packet}: {[f.match for f in best]}")
+        return best[0] if best else None
+
+
+class _Walk:
+    """One packet's translation: the trace being built and the datapath-level NAT."""
+
+    def __init__(self, switch: FakeSwitch, trace: Trace) -> None:
+        self.sw = switch
+        self.trace = trace
+        self.nat_src: str | None = None  # applies to the datapath packet, never rolled back
+
+    def table(self, name: str, state: _State, depth: int) -> _State:
+        if depth > MAX_DEPTH:
+            raise _TooDeep
+        self.trace.tables.append(name)
+        flow = self.sw._lookup(name, state)
+        if flow is None:
+            self.trace.drops.append(f"miss in {name}")
+            return state
+        self.sw._flow_packets[flow.key] += 1
+        self.trace.flows.append(flow.key)
+        return self.actions(flow.actions, state, name, depth)
+
+    def actions(self, actions: Iterable[Action], state: _State, table: str,
+                depth: int) -> _State:
+        for a in actions:
+            if isinstance(a, GotoTable | Resubmit):
+                # Both continue with (and keep) whatever the other table changed.
+                state = self.table(a.table, state, depth + 1)
+            elif isinstance(a, GroupAction):
+                self.group(a.group_id, state, table, depth + 1)
+            elif isinstance(a, Output):
+                self.output(a.port, state, table)
+            elif isinstance(a, OutputReg):
+                self.output(a.field.decode(state.regs[a.field.reg]), state, table)
+            elif isinstance(a, Controller):
+                self.trace.packet_ins.append(PacketIn(a.userdata, table, self._as_sent(state)))
+            elif isinstance(a, Ct):
+                if a.nat_src is not None:
+                    self.nat_src = a.nat_src
+                    self.trace.nat.append(a.nat_src)
+            elif isinstance(a, Drop):
+                self.trace.drops.append(f"drop by flow in {table}")
+            else:
+                state = _apply_set(state, a)
+        return state
+
+    def group(self, group_id: int, state: _State, table: str, depth: int) -> None:
+        if depth > MAX_DEPTH:
+            raise _TooDeep
+        group = self.sw._groups[group_id]
+        self.sw._group_packets[group_id] += 1
+        if not group.buckets:
+            self.trace.drops.append(f"group {group_id} has no buckets")
+        for bucket in group.buckets:
+            # Each bucket starts from the state at the group action (a copy), as OVS does.
+            self.actions(effective_bucket_actions(bucket), state, table, depth)
+
+    def _as_sent(self, state: _State) -> Packet:
+        p = state.packet
+        return p if self.nat_src is None else p.replace(ipv4_src=self.nat_src)
+
+    def output(self, port: int, state: _State, table: str) -> None:
+        in_port = state.packet.in_port
+        if port == OFPP_IN_PORT:
+            port = in_port
+        elif port == in_port:
+            self.trace.suppressed.append(Delivery(port, self._as_sent(state)))
+            return
+        if port == OFPP_CONTROLLER:
+            self.trace.packet_ins.append(PacketIn(b"", table, self._as_sent(state)))
+            return
+        if self.sw.ports is not None and port not in self.sw.ports:
+            self.trace.drops.append(f"output to missing port {port}")
+            return
+        sent = self._as_sent(state).replace(tun_src=None)
+        if port not in self.sw.tunnel_ports:  # tunnel metadata does not leave on a plain port
+            self.trace.deliveries.append(Delivery(port, sent.replace(tun_dst=None, tunnel_id=None)))
+        elif sent.tun_dst is None:
+            self.trace.drops.append(f"tunnel output to {port} without tun_dst")
+        else:
+            self.trace.deliveries.append(Delivery(port, sent, sent.tun_dst))
+
+
+def _apply_set(state: _State, action: Action) -> _State:
+    if isinstance(action, LoadReg):
+        f = action.field
+        v, m = f.encode(action.value)
+        regs = list(state.regs)
+        regs[f.reg] = (regs[f.reg] & ~m) | v
+        return dataclasses.replace(state, regs=tuple(regs))
+    if isinstance(action, SetTunnelDst):
+        return dataclasses.replace(state, packet=state.packet.replace(tun_dst=action.ip))
+    if isinstance(action, SetField):
+        name, value = action.name, action.value
+        if name.startswith("reg"):
+            regs = list(state.regs)
+            regs[int(name[3:])] = int(value)
+            return dataclasses.replace(state, regs=tuple(regs))
+        attr = _PACKET_ATTRS.get(name, name)
+        if attr == "eth_type":
+            raise FakeTableError("eth_type cannot be set")
+        return dataclasses.replace(state, packet=state.packet.replace(**{attr: value}))
+    raise FakeTableError(f"unsupported action {action!r}")
+
