@@ -293,6 +293,8 @@ def multicast_group(cfg: BridgeConfig, group_id: int, local_ports: Iterable[int]
     elif remote_nodes:
         raise ValueError("noEncap mode has no remote buckets: nodes meet on the underlay")
     if cfg.uplink_port is not None:
+        # Last, and it must stay last: OVS does not undo a bucket's NAT for later buckets, so
+        # any copy made after the SNATed external one would leave with the node's address.
         buckets.append(external_bucket())
     return _PIPELINE.check_group(Group(group_id, tuple(buckets)), layout.ROUTING)
 
