@@ -1,0 +1,143 @@
+"""The OpenFlow byte channel: one TCP connection from the bridge, framing, xids, the ofchannel log.
+
+This module owns the transport under ``agent.ofswitch``: reading whole OpenFlow messages off
+the socket, numbering and sending encoded messages from several threads (one lock, in order),
+remembering what each recent xid was (so a late error can say which message it refers to),
+and the "ofchannel" log of every message sent and received (logger
+``agent.ofchannel.messages`` at DEBUG). It knows nothing of message
+contents; the os-ken codec modules are handed in, so os_ken is imported only by the adaptor.
+
+Also here: the exceptions the adaptor raises and the waiter a request blocks on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import random
+import socket
+import struct
+import threading
+from collections import OrderedDict
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from types import ModuleType
+from typing import Any
+
+log = logging.getLogger(__name__)
+ofchannel = logging.getLogger("agent.ofchannel.messages")
+
+EXIT_FATAL = 70
+RECENT_XIDS = 1024
+_HDR = struct.Struct("!BBHI")  # ofp_header: version, type, length, xid
+
+
+class OpenFlowError(RuntimeError):
+    """The switch refused a request. ``failures`` pairs each failed op (or step) with the
+    error text; ``failed_ops`` are the ops those labels name."""
+
+    def __init__(self, what: str, failures: list[tuple[str, str]],
+                 ops: Sequence[Any] = (), failed_ops: Sequence[Any] = ()) -> None:
+        self.failures = failures
+        self.ops = list(ops)
+        self.failed_ops = list(failed_ops)
+        lines = "; ".join(f"{label}: {text}" for label, text in failures)
+        super().__init__(f"{what} failed: {lines}")
+
+
+class SwitchDisconnected(RuntimeError):
+    """No bridge is connected, or it went away while we waited for its answer."""
+
+
+def exit_process(exc: BaseException) -> None:
+    """Default fatal handler: a dead handler thread must not leave a half-working agent."""
+    log.critical("fatal error in OpenFlow handling, exiting: %r", exc, exc_info=exc)
+    logging.shutdown()
+    os._exit(EXIT_FATAL)
+
+
+@dataclass
+class Waiter:
+    """What one request (or bundle) waits on: replies and errors arriving by xid."""
+
+    final_xid: int = 0
+    raw: bool = False  # deliver multipart replies as bytes (the caller parses them)
+    done: threading.Event = field(default_factory=threading.Event)
+    replies: list[Any] = field(default_factory=list)
+    errors: list[tuple[str, str]] = field(default_factory=list)
+
+
+class Channel:
+    """One connection from the bridge. os-ken message classes use it as their 'datapath'."""
+
+    def __init__(self, sock: socket.socket, peer: Any, ofproto: ModuleType,
+                 parser: ModuleType) -> None:
+        self.ofproto, self.ofproto_parser = ofproto, parser
+        self.sock, self.peer = sock, peer
+        self.id: int | None = None  # datapath id, once the features reply came
+        self.state = "hello"
+        self._xid = random.randint(1, 0xFFFF)
+        self._lock = threading.Lock()  # xids and the recent-xid memory
+        self._send_lock = threading.Lock()
+        self._recent: OrderedDict[int, str] = OrderedDict()
+
+    def set_xid(self, msg: Any) -> int:
+        with self._lock:
+            self._xid = self._xid % 0xFFFFFFFF + 1
+            msg.set_xid(self._xid)
+            return self._xid
+
+    def encode(self, msg: Any, what: str = "") -> bytes:
+        """Serialize ``msg`` (assigning an xid) and remember what it was."""
+        if msg.xid is None:
+            self.set_xid(msg)
+        msg.serialize()
+        if ofchannel.isEnabledFor(logging.DEBUG):
+            ofchannel.debug("send xid=%#x %s %s", msg.xid, what, msg)
+        with self._lock:
+            self._recent[msg.xid] = what or type(msg).__name__
+            while len(self._recent) > RECENT_XIDS:
+                self._recent.popitem(last=False)
+        return bytes(msg.buf)
+
+    def what(self, xid: int) -> str:
+        with self._lock:
+            return self._recent.get(xid, "an earlier message")
+
+    def send_raw(self, data: bytes) -> None:
+        with self._send_lock:
+            self.sock.sendall(data)
+
+    def send_msg(self, msg: Any, what: str = "") -> int:
+        self.send_raw(self.encode(msg, what))
+        return int(msg.xid)
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)
+        with contextlib.suppress(OSError):
+            self.sock.close()
+
+    def read_messages(self) -> Iterator[tuple[int, int, int, bytes]]:
+        """(version, type, xid, raw message) until the peer closes the connection."""
+        buf = bytearray()
+        while True:
+            try:
+                chunk = self.sock.recv(65536)
+            except OSError:
+                return
+            if not chunk:
+                return
+            buf += chunk
+            while len(buf) >= _HDR.size:
+                version, msg_type, length, xid = _HDR.unpack_from(buf)
+                if length < _HDR.size:
+                    raise ConnectionError(f"bridge sent a message with length {length}")
+                if len(buf) < length:
+                    break
+                raw = bytes(buf[:length])
+                del buf[:length]
+                if ofchannel.isEnabledFor(logging.DEBUG):
+                    ofchannel.debug("recv xid=%#x type=%d len=%d", xid, msg_type, length)
+                yield version, msg_type, xid, raw

@@ -1,0 +1,480 @@
+"""The agent's OpenFlow channel to br-int: listen, handshake, bundles, dumps, packet-in/out.
+
+This module owns the controller connection (OpenFlow 1.5, see ``agent.ofconvert`` for why),
+request/reply matching by xid, turning OpenFlow errors into readable exceptions that name the
+op that failed, and delivering packet-ins. With ``agent.ofconvert`` it is the only code that
+imports os_ken; the byte channel under it is ``agent.ofchannel``.
+
+os-ken supplies the wire codec (message classes and parsers); the connection is served here
+with plain threads instead of os-ken's app_manager/Datapath, which keep process-wide
+registries (one controller per process) and, with the native hub, leave a send thread
+blocked after a disconnect. The API is synchronous and thread-safe; callbacks run on one
+event thread so they may call back into the switch (the receive thread never blocks on them).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import logging
+import queue
+import socket
+import struct
+import threading
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from os_ken.ofproto import ofproto_parser
+from os_ken.ofproto import ofproto_v1_5 as ofp
+from os_ken.ofproto import ofproto_v1_5_parser as ofpp
+
+from agent import ofconvert, switchops
+from agent.ofchannel import (
+    Channel,
+    OpenFlowError,
+    SwitchDisconnected,
+    Waiter,
+    exit_process,
+)
+from agent.ofconvert import OF_VERSION, Converter, ConvertError, error_message_text
+from agent.switchops import CookieDelete, FlowStats, PacketIn, SwitchOp
+from pipeline.model import OFPP_CONTROLLER, Action, DesiredState, Group
+from pipeline.ops import Command, MeterOp
+from pipeline.tables import Pipeline
+
+log = logging.getLogger(__name__)
+
+PACKET_IN_QUEUE = 4096
+
+
+class OpenFlowSwitch:
+    """Controller side of br-int. ``start()`` listens; the bridge connects (and reconnects)."""
+
+    def __init__(self, pipeline: Pipeline, listen_host: str = "127.0.0.1",
+                 listen_port: int = 6653, *, listen_socket: socket.socket | None = None,
+                 fatal: Callable[[BaseException], None] = exit_process,
+                 timeout: float = 60.0) -> None:
+        self.pipeline = pipeline
+        self.convert = Converter(pipeline)
+        self.listen_addr = (listen_host, listen_port)
+        self.timeout = timeout
+        self.on_packet_in: Callable[[PacketIn], None] | None = None
+        self.on_connected: Callable[[int], None] | None = None
+        self.dropped_packet_ins = 0
+        self._fatal = fatal
+        self._lsock = listen_socket
+        self._conn: Channel | None = None
+        self._connected = threading.Event()
+        self._lock = threading.Lock()  # guards _conn and _pending
+        self._apply_lock = threading.Lock()  # one bundle at a time
+        self._pending: dict[int, tuple[Waiter, str]] = {}
+        self._bundle_ids = itertools.count(1)
+        self._buckets: dict[int, int] = {}  # group id -> next bucket id (see switchops)
+        self._events: queue.Queue[Callable[[], None] | None] = queue.Queue(PACKET_IN_QUEUE)
+        self._stopping = False
+        self._threads: list[threading.Thread] = []
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        if self._lsock is None:
+            self._lsock = socket.create_server(self.listen_addr, reuse_port=False)
+        self._lsock.listen(4)
+        self._spawn(self._accept_loop, "of-accept")
+        self._spawn(self._event_loop, "of-events")
+        log.info("OpenFlow controller listening on %s", self.address)
+
+    @property
+    def address(self) -> tuple[str, int]:
+        """Where the controller listens (the real port when started with port 0)."""
+        if self._lsock is None:
+            return self.listen_addr
+        host, port = self._lsock.getsockname()[:2]
+        return host, port
+
+    def stop(self) -> None:
+        self._stopping = True
+        if self._lsock is not None:
+            with contextlib.suppress(OSError):
+                self._lsock.shutdown(socket.SHUT_RDWR)
+            self._lsock.close()
+        with self._lock:
+            conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.close()
+        with contextlib.suppress(queue.Full):
+            self._events.put_nowait(None)
+        for t in self._threads:
+            t.join(timeout=5)
+
+    def wait_connected(self, timeout: float | None = None) -> int:
+        """Block until a bridge finished the handshake; returns its datapath id."""
+        if not self._connected.wait(timeout):
+            raise TimeoutError(f"no bridge connected to {self.listen_addr} within {timeout}s")
+        conn = self._conn
+        assert conn is not None and conn.id is not None
+        return conn.id
+
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set()
+
+    def _spawn(self, fn: Callable[..., None], name: str, *args: Any) -> None:
+        t = threading.Thread(target=self._guarded, args=(fn, *args), name=name, daemon=True)
+        self._threads.append(t)
+        t.start()
+
+    def _guarded(self, fn: Callable[..., None], *args: Any) -> None:
+        try:
+            fn(*args)
+        except BaseException as exc:  # noqa: BLE001 - every handler failure is fatal
+            if not self._stopping:
+                self._fatal(exc)
+
+    def _accept_loop(self) -> None:
+        assert self._lsock is not None
+        while not self._stopping:
+            try:
+                sock, peer = self._lsock.accept()
+            except OSError:
+                if self._stopping:
+                    return
+                raise
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            conn = Channel(sock, peer, ofp, ofpp)
+            log.info("bridge connected from %s", peer)
+            with self._lock:
+                old, self._conn = self._conn, conn
+            if old is not None:  # the bridge reconnected: the new connection wins
+                self._disconnected(old)
+                old.close()
+            self._spawn(self._serve, f"of-conn-{peer}", conn)
+
+    def _event_loop(self) -> None:
+        while (item := self._events.get()) is not None:
+            item()
+
+    # -- receiving ------------------------------------------------------------------------------
+
+    def _serve(self, conn: Channel) -> None:
+        conn.send_msg(ofpp.OFPHello(conn, [ofpp.OFPHelloElemVersionBitmap([OF_VERSION])]))
+        try:
+            for version, msg_type, xid, raw in conn.read_messages():
+                self._on_raw(conn, version, msg_type, xid, raw)
+        finally:
+            conn.close()
+            self._disconnected(conn)
+
+    def _disconnected(self, conn: Channel) -> None:
+        with self._lock:
+            if self._conn is conn:
+                self._conn = None
+                self._connected.clear()
+            if self._conn is None:
+                pending, self._pending = self._pending, {}
+            else:
+                pending = {}
+        for waiter, label in pending.values():
+            waiter.errors.append((label, "bridge disconnected"))
+            waiter.done.set()
+        if conn.id is not None:
+            log.warning("bridge %#x disconnected", conn.id)
+
+    def _on_raw(self, conn: Channel, version: int, msg_type: int, xid: int,
+                raw: bytes) -> None:
+        with self._lock:
+            entry = self._pending.get(xid)
+        if entry is not None and entry[0].raw and msg_type == ofp.OFPT_MULTIPART_REPLY:
+            # Parsed by the caller (ofconvert): os-ken's group desc parser is not reliable.
+            self._reply(xid, raw, more=bool(struct.unpack_from("!H", raw, 10)[0] & 1))
+            return
+        if conn.state == "hello" and version != OF_VERSION:
+            raise ConnectionError(
+                f"bridge speaks OpenFlow version {version}; allow OpenFlow15 in its protocols")
+        msg = ofproto_parser.msg(conn, version, msg_type, len(raw), xid, raw)
+        if msg is None:  # os-ken logged the parse failure; a waiter must not hang on it
+            if entry is not None:
+                entry[0].errors.append((entry[1], f"unparseable reply (type {msg_type})"))
+                entry[0].done.set()
+            return
+        self._dispatch(conn, msg)
+
+    def _dispatch(self, conn: Channel, msg: Any) -> None:
+        if isinstance(msg, ofpp.OFPEchoRequest):
+            reply = ofpp.OFPEchoReply(conn, msg.data)
+            reply.xid = msg.xid
+            conn.send_msg(reply)
+        elif isinstance(msg, ofpp.OFPHello):
+            conn.state = "features"
+            conn.send_msg(ofpp.OFPFeaturesRequest(conn))
+        elif isinstance(msg, ofpp.OFPSwitchFeatures):
+            conn.id = msg.datapath_id
+            conn.send_msg(ofpp.NXTSetPacketInFormatMsg(conn, 2), "packet-in format nxt_packet_in2")
+            conn.send_msg(ofpp.OFPSetConfig(conn, 0, ofp.OFPCML_NO_BUFFER))
+            conn.state = "config"
+            conn.send_msg(ofpp.OFPBarrierRequest(conn), "handshake barrier")
+        elif isinstance(msg, ofpp.OFPBarrierReply) and conn.state == "config":
+            conn.state = "main"
+            self._connected.set()
+            log.info("bridge %#x ready (OpenFlow 1.5, packet-in2)", conn.id)
+            if self.on_connected is not None:
+                dpid, cb = conn.id, self.on_connected
+                self._events.put(lambda: cb(dpid))
+        elif isinstance(msg, ofpp.OFPErrorMsg):
+            self._on_error(conn, msg)
+        elif isinstance(msg, ofpp.NXTPacketIn2):
+            self._on_packet_in(msg)
+        elif isinstance(msg, ofpp.OFPMultipartReply):
+            self._reply(msg.xid, msg, more=bool(msg.flags & ofp.OFPMPF_REPLY_MORE))
+        elif isinstance(msg, ofpp.OFPBarrierReply | ofpp.OFPBundleCtrlMsg):
+            self._reply(msg.xid, msg, more=False)
+        else:
+            log.debug("ignored %s from bridge", type(msg).__name__)
+
+    def _reply(self, xid: int, msg: Any, more: bool) -> None:
+        with self._lock:
+            entry = self._pending.get(xid)
+        if entry is None:
+            log.debug("unexpected reply xid=%#x", xid)
+            return
+        waiter = entry[0]
+        waiter.replies.append(msg)
+        if not more and waiter.final_xid == xid:
+            waiter.done.set()
+
+    def _on_error(self, conn: Channel, msg: Any) -> None:
+        text = error_message_text(msg)
+        with self._lock:
+            entry = self._pending.get(msg.xid)
+        if entry is None:
+            what = conn.what(msg.xid)
+            log.error("OpenFlow error for %s (xid=%#x): %s", what, msg.xid, text)
+            return
+        waiter, label = entry
+        waiter.errors.append((label, text))
+        if waiter.final_xid == msg.xid:
+            waiter.done.set()
+
+    def _on_packet_in(self, msg: Any) -> None:
+        cb = self.on_packet_in
+        if cb is None:
+            return
+        pin = ofconvert.packet_in_from(msg)
+        try:
+            self._events.put_nowait(lambda: cb(pin))
+        except queue.Full:  # the agent is behind: shed punts rather than stall the channel
+            self.dropped_packet_ins += 1
+
+    # -- requests -------------------------------------------------------------------------------
+
+    def _require(self) -> Channel:
+        conn = self._conn
+        if conn is None or not self._connected.is_set():
+            raise SwitchDisconnected(f"no bridge connected to {self.listen_addr}")
+        return conn
+
+    def _register(self, waiter: Waiter, xid: int, label: str) -> None:
+        with self._lock:
+            self._pending[xid] = (waiter, label)
+
+    def _forget(self, xids: Sequence[int]) -> None:
+        with self._lock:
+            for x in xids:
+                self._pending.pop(x, None)
+
+    def _wait(self, waiter: Waiter, what: str) -> None:
+        if not waiter.done.wait(self.timeout):
+            raise TimeoutError(f"{what}: no answer from the bridge within {self.timeout}s")
+        if any(text == "bridge disconnected" for _, text in waiter.errors):
+            raise SwitchDisconnected(f"{what}: bridge disconnected")
+
+    def request(self, msg: Any, what: str, raw: bool = False) -> list[Any]:
+        """Send one request; return its reply messages (all parts of a multipart reply)."""
+        conn = self._require()
+        waiter = Waiter(raw=raw)
+        data = conn.encode(msg, what)
+        waiter.final_xid = msg.xid
+        self._register(waiter, msg.xid, what)
+        try:
+            conn.send_raw(data)
+            self._wait(waiter, what)
+        finally:
+            self._forget([msg.xid])
+        if waiter.errors:
+            raise OpenFlowError(what, waiter.errors)
+        return waiter.replies
+
+    def barrier(self) -> None:
+        self.request(ofpp.OFPBarrierRequest(self._require()), "barrier")
+
+    def apply(self, ops: Sequence[SwitchOp]) -> None:
+        """Apply ops atomically in one bundle; raise OpenFlowError naming the ops that failed.
+
+        OVS bundles carry flow and group mods only: meter adds/modifies go just before the
+        bundle and meter deletes just after it (the differ orders them that way too).
+        """
+        if not ops:
+            return
+        with self._apply_lock:
+            conn = self._require()
+            buckets = dict(self._buckets)
+            encoded = [(op, switchops.describe(op, self.pipeline),
+                        self._encode(conn, op, buckets)) for op in ops]
+
+            def items(keep: Callable[[SwitchOp], bool]) -> list[tuple[str, Any]]:
+                return [(label, msg) for op, label, msg in encoded if keep(op)]
+
+            try:
+                before = items(lambda op: isinstance(op, MeterOp)
+                               and op.command is not Command.DELETE)
+                if before:
+                    self._transact(conn, before, "meters", ops)
+                bundled = items(lambda op: not isinstance(op, MeterOp))
+                if bundled:
+                    self._bundle(conn, bundled, ops)
+                self._buckets = buckets
+                after = items(lambda op: isinstance(op, MeterOp) and op.command is Command.DELETE)
+                if after:
+                    self._transact(conn, after, "meter deletes", ops)
+            except OpenFlowError as exc:
+                failed = {label for label, _ in exc.failures}
+                exc.failed_ops = [op for op, label, _ in encoded if label in failed]
+                raise
+
+    def _transact(self, conn: Channel, items: list[tuple[str, Any]], what: str,
+                  ops: Sequence[SwitchOp], waiter: Waiter | None = None) -> Waiter:
+        """Send (label, message) items and a barrier; raise if any of them was refused."""
+        waiter = waiter if waiter is not None else Waiter()
+        waiter.done.clear()
+        xids, chunks = [], []
+        try:
+            for label, msg in [*items, ("barrier", ofpp.OFPBarrierRequest(conn))]:
+                try:
+                    chunks.append(conn.encode(msg, f"{what}: {label}"))
+                except struct.error as exc:  # a length field overflowed: the op is too big
+                    raise ConvertError(f"{label}: message too large for OpenFlow") from exc
+                xids.append(msg.xid)
+                self._register(waiter, msg.xid, label)
+            waiter.final_xid = xids[-1]
+            self._send_chunks(conn, chunks)
+            self._wait(waiter, what)
+        finally:
+            self._forget(xids)
+        if waiter.errors:
+            raise OpenFlowError(what, waiter.errors, ops)
+        return waiter
+
+    def _bundle(self, conn: Channel, items: list[tuple[str, Any]],
+                ops: Sequence[SwitchOp]) -> None:
+        """Open, adds and a barrier first: OVS refuses a malformed add on its own and would
+        still commit the rest, so an error there discards the bundle. Then the commit, whose
+        failure OVS reports against the add that failed (its xid) and then the commit."""
+        bid = next(self._bundle_ids)
+        flags = ofp.OFPBF_ATOMIC | ofp.OFPBF_ORDERED
+        what = f"bundle {bid} of {len(items)} ops"
+
+        def ctrl(kind: int) -> Any:
+            return ofpp.OFPBundleCtrlMsg(conn, bid, kind, flags, [])
+
+        adds = [(label, ofpp.OFPBundleAddMsg(conn, bid, flags, msg, [])) for label, msg in items]
+        waiter = Waiter()
+        try:
+            self._transact(conn, [("open", ctrl(ofp.OFPBCT_OPEN_REQUEST)), *adds], what, ops,
+                           waiter)
+        except OpenFlowError:
+            with contextlib.suppress(OSError):
+                conn.send_msg(ctrl(ofp.OFPBCT_DISCARD_REQUEST), f"bundle {bid}: discard")
+            raise
+        add_xids = [msg.xid for _, msg in adds]
+        for (label, _), xid in zip(adds, add_xids, strict=True):
+            self._register(waiter, xid, label)
+        try:
+            self._transact(conn, [("commit", ctrl(ofp.OFPBCT_COMMIT_REQUEST))], what, ops,
+                           waiter)
+        finally:
+            self._forget(add_xids)
+        log.debug("bundle %d committed: %d ops", bid, len(items))
+
+    @staticmethod
+    def _send_chunks(conn: Channel, chunks: list[bytes]) -> None:
+        batch: list[bytes] = []
+        size = 0
+        for c in chunks:
+            batch.append(c)
+            size += len(c)
+            if size >= 1 << 20:
+                conn.send_raw(b"".join(batch))
+                batch, size = [], 0
+        if batch:
+            conn.send_raw(b"".join(batch))
+
+    def _encode(self, conn: Channel, op: SwitchOp, buckets: dict[int, int]) -> Any:
+        try:
+            return ofconvert.encode(self.convert, conn, op, buckets)
+        except (ConvertError, ValueError, KeyError) as exc:
+            raise ConvertError(f"{switchops.describe(op, self.pipeline)}: {exc}") from exc
+
+    # -- reading back ---------------------------------------------------------------------------
+
+    def dump(self) -> DesiredState:
+        """Flows (by the pipeline's table names), groups and meters now on the switch."""
+        flows = [s.flow for s in self.flow_stats()]
+        groups = self._groups()
+        meters = [self.convert.meter_from_ofp(m) for r in self.request(
+            ofpp.OFPMeterDescStatsRequest(self._require(), 0, ofp.OFPM_ALL), "dump meters")
+            for m in r.body]
+        return DesiredState(tuple(flows), tuple(groups), tuple(meters))
+
+    def flow_stats(self, cookie: int = 0, mask: int = 0) -> list[FlowStats]:
+        """Flows whose cookie matches (cookie, mask), with their packet and byte counts."""
+        conn = self._require()
+        req = ofpp.OFPFlowDescStatsRequest(conn, 0, ofp.OFPTT_ALL, ofp.OFPP_ANY, ofp.OFPG_ANY,
+                                           cookie, mask, ofpp.OFPMatch())
+        out = []
+        for reply in self.request(req, "dump flows"):
+            for desc in reply.body:
+                try:
+                    flow = self.convert.flow_from_ofp(desc)
+                except (ConvertError, ValueError) as exc:
+                    log.warning("flow in table %d cookie %#x not described: %s",
+                                desc.table_id, desc.cookie, exc)
+                    continue
+                out.append(FlowStats(flow, desc.stats.get("packet_count", 0),
+                                     desc.stats.get("byte_count", 0)))
+        return out
+
+    def flow_counts(self, cookie: int, mask: int) -> dict[Any, int]:
+        """Packet count per flow key (table, priority, match) for flows matching the cookie."""
+        return {s.flow.key: s.packets for s in self.flow_stats(cookie, mask)}
+
+    def _groups(self) -> list[Group]:
+        conn = self._require()
+        sizes = {s.group_id: len(s.bucket_stats) for r in self.request(
+            ofpp.OFPGroupStatsRequest(conn, 0, ofp.OFPG_ALL), "group stats") for s in r.body}
+        # A group description longer than 64 KiB overflows its length field and would break the
+        # channel's framing (OVS sends it anyway), so big groups are listed without buckets.
+        small = [g for g, n in sizes.items() if n <= switchops.DESC_SAFE_BUCKETS]
+        found: dict[int, Group] = {g: Group(g, ()) for g in sizes}
+        targets = [ofp.OFPG_ALL] if len(small) == len(sizes) else small
+        for gid in targets:
+            for raw in self.request(ofpp.OFPGroupDescStatsRequest(conn, 0, gid),
+                                    f"group desc {gid:#x}", raw=True):
+                for g in self.convert.group_desc_from_raw(raw):
+                    found[g.group_id] = g
+        with self._apply_lock:  # the switch's groups, as they are now
+            self._buckets = dict(sizes)
+        return [found[g] for g in sorted(found)]
+
+    # -- packet-out -----------------------------------------------------------------------------
+
+    def packet_out(self, data: bytes, actions: Sequence[Action],
+                   in_port: int | None = None) -> None:
+        """Send a frame; in_port defaults to CONTROLLER. Output(OFPP_TABLE) runs the pipeline."""
+        conn = self._require()
+        msg = self.convert.packet_out(conn, data, actions,
+                                      OFPP_CONTROLLER if in_port is None else in_port)
+        conn.send_msg(msg, f"packet-out {len(data)} bytes")
+
+
+__all__ = ["CookieDelete", "FlowStats", "OpenFlowError", "OpenFlowSwitch", "PacketIn",
+           "SwitchDisconnected", "exit_process"]

@@ -1,0 +1,152 @@
+"""Desired switch state per (feature, key), reconciled against what is installed, one bundle a time.
+
+This module owns the agent's record of what is on br-int (the "installed" cache) and the only
+path by which flows and groups reach the switch: features ``set``/``remove`` their
+``DesiredState`` under a key, ``flush`` diffs the union of all keys against the cache
+(``pipeline.diff``) and applies the ops in one bundle. The cache changes only after the switch
+committed the bundle, so a failed flush is retried whole by the next one.
+
+``startup`` runs on every (re)connection: it reads the switch back and reconciles against that
+instead of the cache. Flows already carry the new round's cookies, so flows with an unchanged
+(table, priority, match) are replaced in place (new cookie, counters kept), stale ones deleted,
+groups with a known id modified and unknown ones deleted, all in one bundle: no traffic gap.
+A final delete by cookie removes any older-round flow the dump could not describe.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Sequence
+from typing import Protocol
+
+from agent.switchops import CookieDelete, SwitchOp
+from pipeline.cookies import round_cookie_mask, round_of
+from pipeline.diff import canonical, diff
+from pipeline.groupsplit import DEFAULT_BUCKET_CAP
+from pipeline.model import DesiredState, Flow, Group, Meter
+from pipeline.tables import Pipeline
+
+log = logging.getLogger(__name__)
+
+Key = tuple[str, str]
+
+
+class Switch(Protocol):
+    def apply(self, ops: Sequence[SwitchOp]) -> None: ...
+
+    def dump(self) -> DesiredState: ...
+
+
+class ConflictError(ValueError):
+    """Two keys want different content under one flow key, group id or meter id."""
+
+
+class Reconciler:
+    """Thread-safe; every method may be called from any agent thread."""
+
+    def __init__(self, switch: Switch, pipeline: Pipeline,
+                 bucket_cap: int = DEFAULT_BUCKET_CAP) -> None:
+        self._switch = switch
+        self._pipeline = pipeline
+        self._bucket_cap = bucket_cap
+        self._lock = threading.RLock()
+        self._wanted: dict[Key, DesiredState] = {}
+        self._installed: DesiredState | None = None  # unknown: the first flush reads the switch
+        self._round: int | None = None
+        self.last_ops: list[SwitchOp] = []
+
+    # -- desired state --------------------------------------------------------------------------
+
+    def set(self, feature: str, key: str, state: DesiredState) -> None:
+        """Replace what (feature, key) wants; takes effect at the next flush."""
+        with self._lock:
+            self._wanted[(feature, key)] = state
+
+    def remove(self, feature: str, key: str) -> None:
+        with self._lock:
+            self._wanted.pop((feature, key), None)
+
+    def keys(self, feature: str | None = None) -> list[Key]:
+        with self._lock:
+            return sorted(k for k in self._wanted if feature is None or k[0] == feature)
+
+    def desired(self) -> DesiredState:
+        """Union of every key's state; raises ConflictError naming the two owners of a clash."""
+        with self._lock:
+            flows: dict[tuple, tuple[Key, Flow]] = {}
+            groups: dict[int, tuple[Key, Group]] = {}
+            meters: dict[int, tuple[Key, Meter]] = {}
+            for owner, state in self._wanted.items():
+                for f in state.flows:
+                    _merge(flows, f.key, owner, f, "flow")
+                for g in state.groups:
+                    _merge(groups, g.group_id, owner, g, "group")
+                for m in state.meters:
+                    _merge(meters, m.meter_id, owner, m, "meter")
+            return DesiredState(tuple(v for _, v in flows.values()),
+                                tuple(v for _, v in groups.values()),
+                                tuple(v for _, v in meters.values()))
+
+    @property
+    def installed(self) -> DesiredState | None:
+        """What is on the switch as of the last successful flush (None: unknown)."""
+        with self._lock:
+            return self._installed
+
+    # -- reconciling ----------------------------------------------------------------------------
+
+    def _diff(self, desired: DesiredState, actual: DesiredState) -> list[SwitchOp]:
+        return list(diff(desired, actual, bucket_cap=self._bucket_cap, pipeline=self._pipeline))
+
+    def flush(self) -> list[SwitchOp]:
+        """Apply the difference between desired and installed in one bundle; returns the ops.
+
+        On failure the switch rejected the whole bundle: the cache stays as it was and the
+        error (an ``OpenFlowError`` naming the failed ops) propagates. If the cache is unknown
+        (a startup failed), the switch is read back first, as in ``startup``.
+        """
+        with self._lock:
+            if self._installed is None:
+                return self._sync(self._switch.dump())
+            desired = canonical(self.desired(), self._pipeline)
+            ops = self._diff(desired, self._installed)
+            if ops:
+                self._switch.apply(ops)
+                log.info("reconciled: %d ops", len(ops))
+            self._installed = desired
+            self.last_ops = ops
+            return ops
+
+    def startup(self, round_: int) -> list[SwitchOp]:
+        """After a (re)connect: adopt the switch's content for the new round, without a gap."""
+        with self._lock:
+            self._round = round_
+            self._installed = None  # unknown until the bundle below commits
+            return self._sync(self._switch.dump())
+
+    def _sync(self, actual: DesiredState) -> list[SwitchOp]:
+        desired = canonical(self.desired(), self._pipeline)
+        # Never delete by a cookie that a desired flow still carries.
+        keep = {round_of(f.cookie) for f in desired.flows} | {self._round}
+        old_rounds = sorted({round_of(f.cookie) for f in actual.flows} - keep)
+        ops = self._diff(desired, actual)
+        if self._round is not None:
+            ops += [CookieDelete(*round_cookie_mask(r)) for r in old_rounds]
+        adopted = {g.group_id for g in actual.groups} & {g.group_id for g in desired.groups}
+        self._switch.apply(ops)
+        self._installed = desired
+        self.last_ops = ops
+        log.info("synced with the switch for round %s: %d ops (found %d flows, %d groups; "
+                 "%d groups adopted; old rounds %s)", self._round, len(ops), len(actual.flows),
+                 len(actual.groups), len(adopted), old_rounds or "none")
+        return ops
+
+
+def _merge(index: dict, ident: object, owner: Key, item: object, what: str) -> None:
+    prev = index.get(ident)
+    if prev is not None and prev[1] != item:
+        raise ConflictError(f"{what} {ident} wanted differently by {prev[0]} and {owner}: "
+                            f"{prev[1]} / {item}")
+    if prev is None:
+        index[ident] = (owner, item)

@@ -1,0 +1,110 @@
+"""Plain values exchanged with the OpenFlow adaptor, and the bookkeeping of group bucket ids.
+
+This module owns what the rest of the agent sees of the switch without importing os_ken:
+packet-ins, flow counters, the switch-level CookieDelete op, readable op descriptions for
+errors and logs, and the size limits of groups.
+
+Bucket ids: OpenFlow 1.5 buckets carry ids, and INSERT_BUCKETS needs fresh ones. ADD/MODIFY
+number a group's buckets 0..n-1; each INSERT_BUCKETS continues after the last id. The adaptor
+keeps ``group id -> next bucket id`` (updated only when a bundle commits, and refreshed from
+the group counters on every dump).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import NamedTuple
+
+from pipeline.model import Flow
+from pipeline.ops import Command, FlowOp, GroupOp, MeterOp, Op
+from pipeline.render import render_flow
+from pipeline.tables import Pipeline
+
+DESC_SAFE_BUCKETS = 400
+"""Groups up to this size are read back bucket by bucket (their description fits 64 KiB)."""
+MAX_GROUP_BUCKETS = 4000
+"""OVS reports a group's counters in one entry of 40 + 16 bytes per bucket, which must fit in
+64 KiB; a bigger group could not even be counted without breaking the channel's framing."""
+
+
+@dataclass(frozen=True)
+class CookieDelete:
+    """Delete every flow (any table) whose cookie matches ``cookie`` under ``mask``."""
+
+    cookie: int
+    mask: int
+
+
+SwitchOp = Op | CookieDelete
+
+
+@dataclass(frozen=True)
+class PacketIn:
+    """A punted packet (NXT_PACKET_IN2)."""
+
+    in_port: int
+    userdata: bytes
+    data: bytes
+    tun_src: str | None
+    cookie: int
+    table_id: int
+    reason: int
+
+
+class FlowStats(NamedTuple):
+    """A flow with its counters (a tuple, so callers may unpack ``flow, packets, bytes``)."""
+
+    flow: Flow
+    packets: int
+    bytes: int
+
+
+class BucketIdError(ValueError):
+    """An INSERT_BUCKETS for a group whose bucket ids are unknown or would overflow."""
+
+
+def next_bucket_id(op: GroupOp, buckets: dict[int, int]) -> int:
+    """First bucket id for ``op``; updates ``buckets`` (group id -> next id) as if applied."""
+    gid, n = op.group.group_id, len(op.group.buckets)
+    if op.command is Command.DELETE:
+        buckets.pop(gid, None)
+        return 0
+    first = 0
+    if op.command is Command.INSERT_BUCKETS:
+        if gid not in buckets:
+            raise BucketIdError(f"group {gid:#x} is not known to exist (ADD it first)")
+        first = buckets[gid]
+    if first + n > MAX_GROUP_BUCKETS:
+        raise BucketIdError(f"group {gid:#x} would have {first + n} buckets "
+                            f"(at most {MAX_GROUP_BUCKETS})")
+    buckets[gid] = first + n
+    return first
+
+
+def _match_text(flow: Flow) -> str:
+    parts = []
+    for f in flow.match.fields:
+        value = f"{f.value:#x}" if isinstance(f.value, int) and f.name != "in_port" else f.value
+        mask = "" if f.mask is None else (f"/{f.mask:#x}" if isinstance(f.mask, int)
+                                          else f"/{f.mask}")
+        parts.append(f"{f.name}={value}{mask}")
+    return ",".join(parts) or "*"
+
+
+def describe(op: SwitchOp, pipeline: Pipeline | None = None) -> str:
+    """Short readable form of an op (ovs-ofctl syntax given the pipeline), for errors and logs."""
+    match op:
+        case FlowOp(command, flow):
+            if pipeline is not None:
+                with contextlib.suppress(ValueError, KeyError, TypeError):
+                    return f"{command.value} flow {render_flow(flow, pipeline)}"
+            return (f"{command.value} flow table={flow.table},priority={flow.priority},"
+                    f"{_match_text(flow)} cookie={flow.cookie:#x} actions={flow.actions}")
+        case GroupOp(command, group):
+            return f"{command.value} group {group.group_id:#x} ({len(group.buckets)} buckets)"
+        case MeterOp(command, meter):
+            return f"{command.value} meter {meter.meter_id} ({meter.rate_pps} pps)"
+        case CookieDelete(cookie, mask):
+            return f"delete flows cookie={cookie:#x}/{mask:#x}"
+    return repr(op)

@@ -1,0 +1,196 @@
+"""agent.ofswitch against a scripted fake bridge on loopback: handshake, errors by xid, fatal.
+
+No OVS needed: the test plays the switch side of the OpenFlow 1.5 connection byte by byte.
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+import threading
+from collections.abc import Iterator
+
+import pytest
+from os_ken.ofproto import ofproto_protocol
+from os_ken.ofproto import ofproto_v1_5 as ofp
+from os_ken.ofproto import ofproto_v1_5_parser as ofpp
+
+from agent.ofconvert import OF_VERSION
+from agent.ofswitch import OpenFlowError, OpenFlowSwitch, SwitchDisconnected
+from pipeline import layout
+from pipeline.model import Flow, GroupAction, Match
+from pipeline.ops import Command, FlowOp
+
+P = layout.multicast_pipeline()
+HDR = struct.Struct("!BBHI")
+DPID = 0x1234
+
+
+class FakeBridge:
+    def __init__(self, address: tuple[str, int]) -> None:
+        self.sock = socket.create_connection(address, timeout=5)
+
+    def recv(self) -> tuple[int, int, bytes]:
+        head = self._exactly(HDR.size)
+        _, msg_type, length, xid = HDR.unpack(head)
+        return msg_type, xid, head + self._exactly(length - HDR.size)
+
+    def _exactly(self, n: int) -> bytes:
+        buf = b""
+        while len(buf) < n:
+            chunk = self.sock.recv(n - len(buf))
+            if not chunk:
+                raise ConnectionError("controller closed")
+            buf += chunk
+        return buf
+
+    def expect(self, msg_type: int) -> tuple[int, bytes]:
+        got, xid, raw = self.recv()
+        assert got == msg_type, f"expected message type {msg_type}, got {got}"
+        return xid, raw
+
+    def send(self, msg_type: int, xid: int, body: bytes = b"") -> None:
+        self.sock.sendall(HDR.pack(OF_VERSION, msg_type, HDR.size + len(body), xid) + body)
+
+    def handshake(self) -> None:
+        self.expect(ofp.OFPT_HELLO)
+        self.send(ofp.OFPT_HELLO, 1)
+        xid, _ = self.expect(ofp.OFPT_FEATURES_REQUEST)
+        self.send(ofp.OFPT_FEATURES_REPLY, xid, struct.pack("!QIBB2xII", DPID, 0, 254, 0, 0, 0))
+        _, raw = self.expect(ofp.OFPT_EXPERIMENTER)  # NXT_SET_PACKET_IN_FORMAT
+        assert struct.unpack_from("!IIi", raw, 8) == (0x2320, 16, 2)  # nxt_packet_in2
+        self.expect(ofp.OFPT_SET_CONFIG)
+        xid, _ = self.expect(ofp.OFPT_BARRIER_REQUEST)
+        self.send(ofp.OFPT_BARRIER_REPLY, xid)
+
+    def error(self, xid: int, type_: int, code: int, data: bytes) -> None:
+        self.send(ofp.OFPT_ERROR, xid, struct.pack("!HH", type_, code) + data[:64])
+
+
+@pytest.fixture
+def fatal() -> list[BaseException]:
+    return []
+
+
+@pytest.fixture
+def pair(fatal: list[BaseException]) -> Iterator[tuple[OpenFlowSwitch, FakeBridge]]:
+    sw = OpenFlowSwitch(P, "127.0.0.1", 0, fatal=fatal.append, timeout=5)
+    sw.start()
+    bridge = FakeBridge(sw.address)
+    try:
+        bridge.handshake()
+        assert sw.wait_connected(5) == DPID
+        yield sw, bridge
+    finally:
+        bridge.sock.close()
+        sw.stop()
+
+
+def test_echo_is_answered(pair: tuple[OpenFlowSwitch, FakeBridge]) -> None:
+    _, bridge = pair
+    bridge.send(ofp.OFPT_ECHO_REQUEST, 77, b"ping")
+    xid, raw = bridge.expect(ofp.OFPT_ECHO_REPLY)
+    assert xid == 77 and raw[8:] == b"ping"
+
+
+def test_refused_add_discards_the_bundle_and_names_the_op(
+        pair: tuple[OpenFlowSwitch, FakeBridge]) -> None:
+    sw, bridge = pair
+    flow = Flow(layout.ROUTING, 200, Match.of(eth_type=0x800, ipv4_dst="239.9.9.9"),
+                (GroupAction(999),), cookie=1)
+    box: dict[str, BaseException] = {}
+
+    def apply() -> None:
+        try:
+            sw.apply([FlowOp(Command.ADD, flow)])
+        except BaseException as exc:  # noqa: BLE001 - checked below
+            box["error"] = exc
+
+    t = threading.Thread(target=apply)
+    t.start()
+    open_xid, _ = bridge.expect(ofp.OFPT_BUNDLE_CONTROL)
+    add_xid, add_raw = bridge.expect(ofp.OFPT_BUNDLE_ADD_MESSAGE)
+    barrier_xid, _ = bridge.expect(ofp.OFPT_BARRIER_REQUEST)
+    bridge.error(add_xid, ofp.OFPET_BAD_ACTION, ofp.OFPBAC_BAD_OUT_GROUP, add_raw)
+    bridge.send(ofp.OFPT_BARRIER_REPLY, barrier_xid)
+    _, discard = bridge.expect(ofp.OFPT_BUNDLE_CONTROL)
+    assert struct.unpack_from("!IH", discard, 8)[1] == ofp.OFPBCT_DISCARD_REQUEST
+    t.join(5)
+    err = box["error"]
+    assert isinstance(err, OpenFlowError) and open_xid != add_xid
+    assert "OFPET_BAD_ACTION/OFPBAC_BAD_OUT_GROUP" in str(err) and "239.9.9.9" in str(err)
+    assert err.failed_ops == [FlowOp(Command.ADD, flow)]
+
+
+def test_commit_failure_is_reported_against_the_add(
+        pair: tuple[OpenFlowSwitch, FakeBridge]) -> None:
+    sw, bridge = pair
+    flow = Flow(layout.ROUTING, 200, Match.of(eth_type=0x800), (GroupAction(3),), cookie=1)
+    box: dict[str, BaseException] = {}
+
+    def apply() -> None:
+        try:
+            sw.apply([FlowOp(Command.ADD, flow)])
+        except BaseException as exc:  # noqa: BLE001
+            box["error"] = exc
+
+    t = threading.Thread(target=apply)
+    t.start()
+    bridge.expect(ofp.OFPT_BUNDLE_CONTROL)
+    add_xid, add_raw = bridge.expect(ofp.OFPT_BUNDLE_ADD_MESSAGE)
+    xid, _ = bridge.expect(ofp.OFPT_BARRIER_REQUEST)
+    bridge.send(ofp.OFPT_BARRIER_REPLY, xid)
+    commit_xid, _ = bridge.expect(ofp.OFPT_BUNDLE_CONTROL)
+    xid, _ = bridge.expect(ofp.OFPT_BARRIER_REQUEST)
+    bridge.error(add_xid, ofp.OFPET_BAD_ACTION, ofp.OFPBAC_BAD_OUT_GROUP, add_raw)
+    bridge.error(commit_xid, ofp.OFPET_BUNDLE_FAILED, ofp.OFPBFC_MSG_FAILED, b"")
+    bridge.send(ofp.OFPT_BARRIER_REPLY, xid)
+    t.join(5)
+    labels = [label for label, _ in box["error"].failures]  # type: ignore[attr-defined]
+    assert labels[0].startswith("add flow") and labels[1] == "commit"
+
+
+def test_handler_failure_is_fatal(pair: tuple[OpenFlowSwitch, FakeBridge],
+                                  fatal: list[BaseException]) -> None:
+    sw, bridge = pair
+    done = threading.Event()
+
+    def broken(_pin: object) -> None:
+        done.set()
+        raise RuntimeError("bug in a packet-in handler")
+
+    sw.on_packet_in = broken
+    dp = ofproto_protocol.ProtocolDesc(OF_VERSION)
+    prop = ofpp.NXTPacketIn2PropPacket(data=bytes(60))
+    prop.type = prop._PROP_TYPE
+    msg = ofpp.NXTPacketIn2(dp, [prop])
+    msg.xid = 0
+    msg.serialize()
+    bridge.sock.sendall(bytes(msg.buf))
+    assert done.wait(5)
+    for _ in range(50):
+        if fatal:
+            break
+        threading.Event().wait(0.05)
+    assert len(fatal) == 1 and "bug in a packet-in handler" in str(fatal[0])
+
+
+def test_disconnect_fails_waiters(pair: tuple[OpenFlowSwitch, FakeBridge]) -> None:
+    sw, bridge = pair
+    box: dict[str, BaseException] = {}
+
+    def barrier() -> None:
+        try:
+            sw.barrier()
+        except BaseException as exc:  # noqa: BLE001
+            box["error"] = exc
+
+    t = threading.Thread(target=barrier)
+    t.start()
+    bridge.expect(ofp.OFPT_BARRIER_REQUEST)
+    bridge.sock.close()
+    t.join(5)
+    assert isinstance(box["error"], SwitchDisconnected)
+    assert not sw.connected
+    with pytest.raises(SwitchDisconnected):
+        sw.dump()
