@@ -61,6 +61,7 @@ def exit_process(exc: BaseException) -> None:
 class Waiter:
     """What one request (or bundle) waits on: replies and errors arriving by xid."""
 
+    channel: Channel | None = None  # the connection the request went out on
     final_xid: int = 0
     raw: bool = False  # deliver multipart replies as bytes (the caller parses them)
     done: threading.Event = field(default_factory=threading.Event)

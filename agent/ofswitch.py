@@ -100,6 +100,7 @@ class OpenFlowSwitch:
             self._lsock.close()
         with self._lock:
             conn, self._conn = self._conn, None
+            self._connected.clear()
         if conn is not None:
             conn.close()
         with contextlib.suppress(queue.Full):
@@ -112,7 +113,8 @@ class OpenFlowSwitch:
         if not self._connected.wait(timeout):
             raise TimeoutError(f"no bridge connected to {self.listen_addr} within {timeout}s")
         conn = self._conn
-        assert conn is not None and conn.id is not None
+        if conn is None or conn.id is None:
+            raise SwitchDisconnected(f"bridge at {self.listen_addr} went away again")
         return conn.id
 
     @property
@@ -121,7 +123,7 @@ class OpenFlowSwitch:
 
     def _spawn(self, fn: Callable[..., None], name: str, *args: Any) -> None:
         t = threading.Thread(target=self._guarded, args=(fn, *args), name=name, daemon=True)
-        self._threads.append(t)
+        self._threads = [x for x in self._threads if x.is_alive()] + [t]
         t.start()
 
     def _guarded(self, fn: Callable[..., None], *args: Any) -> None:
@@ -151,7 +153,13 @@ class OpenFlowSwitch:
             self._spawn(self._serve, f"of-conn-{peer}", conn)
 
     def _event_loop(self) -> None:
-        while (item := self._events.get()) is not None:
+        while not self._stopping:
+            try:
+                item = self._events.get(timeout=0.5)
+            except queue.Empty:
+                continue
+            if item is None:
+                return
             item()
 
     # -- receiving ------------------------------------------------------------------------------
@@ -170,11 +178,10 @@ class OpenFlowSwitch:
             if self._conn is conn:
                 self._conn = None
                 self._connected.clear()
-            if self._conn is None:
-                pending, self._pending = self._pending, {}
-            else:
-                pending = {}
-        for waiter, label in pending.values():
+            pending = [(x, e) for x, e in self._pending.items() if e[0].channel is conn]
+            for x, _ in pending:
+                del self._pending[x]
+        for _, (waiter, label) in pending:
             waiter.errors.append((label, "bridge disconnected"))
             waiter.done.set()
         if conn.id is not None:
@@ -291,7 +298,7 @@ class OpenFlowSwitch:
     def request(self, msg: Any, what: str, raw: bool = False) -> list[Any]:
         """Send one request; return its reply messages (all parts of a multipart reply)."""
         conn = self._require()
-        waiter = Waiter(raw=raw)
+        waiter = Waiter(channel=conn, raw=raw)
         data = conn.encode(msg, what)
         waiter.final_xid = msg.xid
         self._register(waiter, msg.xid, what)
@@ -344,7 +351,7 @@ class OpenFlowSwitch:
     def _transact(self, conn: Channel, items: list[tuple[str, Any]], what: str,
                   ops: Sequence[SwitchOp], waiter: Waiter | None = None) -> Waiter:
         """Send (label, message) items and a barrier; raise if any of them was refused."""
-        waiter = waiter if waiter is not None else Waiter()
+        waiter = waiter if waiter is not None else Waiter(channel=conn)
         waiter.done.clear()
         xids, chunks = [], []
         try:
@@ -377,7 +384,7 @@ class OpenFlowSwitch:
             return ofpp.OFPBundleCtrlMsg(conn, bid, kind, flags, [])
 
         adds = [(label, ofpp.OFPBundleAddMsg(conn, bid, flags, msg, [])) for label, msg in items]
-        waiter = Waiter()
+        waiter = Waiter(channel=conn)
         try:
             self._transact(conn, [("open", ctrl(ofp.OFPBCT_OPEN_REQUEST)), *adds], what, ops,
                            waiter)

@@ -122,6 +122,7 @@ def test_ensure_is_idempotent(ovs_node: OvsNode, db: Ovsdb) -> None:
     assert get("get", "Interface", "patch-phy", "ofport").strip() == "200"
     assert get("get", "Interface", "vp1", "external_ids:pod-name").strip() == "pod1"
     assert set(get("list-ports", "br-phy").split()) == {"eth0", "patch-int"}
+    assert "actions=NORMAL" in ovs_node.ofctl("dump-flows", "br-phy")  # a plain L2 bridge
     ports = {p.name: p for p in db.list_ports("br-int")}
     assert {"tun0", "patch-phy", "vp1"} <= set(ports)
     assert ports["vp1"].external_ids["pod-namespace"] == "ns1" and ports["vp1"].ofport == 1

@@ -194,3 +194,45 @@ def test_disconnect_fails_waiters(pair: tuple[OpenFlowSwitch, FakeBridge]) -> No
     assert not sw.connected
     with pytest.raises(SwitchDisconnected):
         sw.dump()
+
+
+def test_reconnect_replaces_the_connection(fatal: list[BaseException]) -> None:
+    sw = OpenFlowSwitch(P, "127.0.0.1", 0, fatal=fatal.append, timeout=5)
+    connected: list[int] = []
+    sw.on_connected = connected.append
+    sw.start()
+    first = FakeBridge(sw.address)
+    try:
+        first.handshake()
+        sw.wait_connected(5)
+        box: dict[str, BaseException] = {}
+
+        def barrier() -> None:
+            try:
+                sw.barrier()
+            except BaseException as exc:  # noqa: BLE001
+                box["error"] = exc
+
+        t = threading.Thread(target=barrier)
+        t.start()
+        first.expect(ofp.OFPT_BARRIER_REQUEST)
+        second = FakeBridge(sw.address)  # e.g. vswitchd restarted: the new one wins
+        second.handshake()
+        t.join(5)
+        assert isinstance(box["error"], SwitchDisconnected)  # asked on the old connection
+        assert sw.wait_connected(5) == DPID
+        t = threading.Thread(target=sw.barrier)
+        t.start()
+        xid, _ = second.expect(ofp.OFPT_BARRIER_REQUEST)
+        second.send(ofp.OFPT_BARRIER_REPLY, xid)
+        t.join(5)
+        assert not t.is_alive()
+        for _ in range(50):
+            if len(connected) == 2:
+                break
+            threading.Event().wait(0.05)
+        assert connected == [DPID, DPID] and not fatal
+        second.sock.close()
+    finally:
+        first.sock.close()
+        sw.stop()
