@@ -81,7 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
     ex = sub.add_parser("exec", help="run a command in a pod's (or external host's) netns")
     ex.add_argument("name")
     ex.add_argument("-n", "--namespace", default=None)
-    ex.add_argument("command", nargs=argparse.REMAINDER)
+    # Filled by main() (_split_exec): REMAINDER would swallow the -n that follows NAME.
+    ex.add_argument("command", nargs="*", help=argparse.SUPPRESS)
 
     sub.add_parser("status", help="nodes, pods, agents and their health")
     sub.add_parser("down", help="remove every namespace, process and file of the lab")
@@ -130,8 +131,30 @@ def _exec(name: str, namespace: str | None, command: list[str]) -> int:
     return 0  # not reached
 
 
+def _split_exec(argv: list[str]) -> tuple[list[str], list[str] | None]:
+    """For ``exec NAME [-n NS] [--] CMD...``: (argv up to NAME and its options, CMD), so that
+    argparse never reads CMD's own options; (argv, None) for the other commands."""
+    i = next((k for k, a in enumerate(argv) if not a.startswith("-")), len(argv))
+    if i >= len(argv) or argv[i] != "exec":
+        return argv, None
+    k = i + 2  # past "exec NAME"
+    while k < len(argv):
+        if argv[k] in ("-n", "--namespace"):
+            k += 2
+        elif argv[k].startswith(("--namespace=", "-n")):
+            k += 1
+        else:
+            break
+    if k < len(argv) and argv[k] == "--":
+        return argv[:k], argv[k + 1:]
+    return argv[:k], argv[k:]
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    head, command = _split_exec(list(sys.argv[1:] if argv is None else argv))
+    args = build_parser().parse_args(head)
+    if command is not None:
+        args.command = command
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     try:
