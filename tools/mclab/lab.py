@@ -160,7 +160,7 @@ def announce_nodes(lab: st.LabState) -> None:
 
 def up(nodes: int, mode: str, query_interval: str) -> st.LabState:
     require_ovs()
-    if st.load() is not None or netns.list_netns(st.NETNS_PREFIX):
+    if st.load() is not None or netns.list_netns(st.netns_prefix()):
         raise LabError(f"a lab is already up (state in {st.lab_dir()}); run 'mclab down' first")
     if not 1 <= nodes <= 50:
         raise LabError(f"--nodes {nodes}: between 1 and 50")
@@ -168,8 +168,8 @@ def up(nodes: int, mode: str, query_interval: str) -> st.LabState:
     try:
         st.lab_dir().mkdir(parents=True, exist_ok=True)
         st.save(lab)
-        netns.create(st.UNDERLAY_NS)
-        with IPRoute(netns=st.UNDERLAY_NS, flags=0) as ipr:
+        netns.create(st.underlay_ns())
+        with IPRoute(netns=st.underlay_ns(), flags=0) as ipr:
             ipr.link("add", ifname=st.UNDERLAY_BRIDGE, kind="bridge")
             ipr.link("set", index=ipr.link_lookup(ifname=st.UNDERLAY_BRIDGE)[0], state="up")
         for i in range(1, nodes + 1):
@@ -184,14 +184,14 @@ def up(nodes: int, mode: str, query_interval: str) -> st.LabState:
 
 def _make_node(lab: st.LabState, i: int) -> st.NodeState:
     name = f"node{i}"
-    node = st.NodeState(name=name, netns=f"{st.NETNS_PREFIX}{name}", ip=f"{st.UNDERLAY_NET}.{i}",
+    node = st.NodeState(name=name, netns=f"{st.netns_prefix()}{name}", ip=f"{st.UNDERLAY_NET}.{i}",
                         mac=f"02:77:00:00:00:{i:02x}", rundir=str(st.lab_dir() / name))
     Path(node.rundir).mkdir(parents=True, exist_ok=True)
     netns.create(node.netns)
     ovs = _ovs(node)
     ovs.start()
-    _veth(st.UNDERLAY_NS, f"ul-{name}", node.netns, "eth0")
-    _enslave(st.UNDERLAY_NS, f"ul-{name}", st.UNDERLAY_BRIDGE)
+    _veth(st.underlay_ns(), f"ul-{name}", node.netns, "eth0")
+    _enslave(st.underlay_ns(), f"ul-{name}", st.UNDERLAY_BRIDGE)
     _tx_off(node.netns, "eth0")
     # Host network of the node: its address lives on br-phy, which holds the uplink.
     ovs.vsctl("add-br", "br-phy", "--", "set", "bridge", "br-phy", "datapath_type=netdev",
@@ -209,7 +209,7 @@ def down() -> None:
             stop_agent(node)
     marker = f"{st.lab_dir()}/"
     terminate(pids_naming(marker, exclude=(os.getpid(),)), marker)
-    for ns in netns.list_netns(st.NETNS_PREFIX):
+    for ns in netns.list_netns(st.netns_prefix()):
         netns.delete(ns)
     if st.lab_dir().exists():
         shutil.rmtree(st.lab_dir(), ignore_errors=True)
@@ -263,7 +263,7 @@ def pod_create(name: str, node_name: str, namespace: str, labels: dict[str, str]
     if lab.pod(name, namespace) is not None:
         raise LabError(f"pod {namespace}/{name} already exists")
     pod = st.PodState(namespace=namespace, name=name, node=node.name,
-                      netns=f"{st.NETNS_PREFIX}pod-{namespace}-{name}",
+                      netns=f"{st.netns_prefix()}pod-{namespace}-{name}",
                       container_id=uuid.uuid4().hex, ip="", labels=labels)
     netns.create(pod.netns)
     try:
@@ -297,13 +297,13 @@ def external_create(name: str) -> st.ExternalState:
         raise LabError(f"external host {name} already exists")
     used = {int(e.ip.rsplit(".", 1)[1]) for e in lab.externals}
     octet = next(k for k in range(200, 255) if k not in used)
-    ext = st.ExternalState(name=name, netns=f"{st.NETNS_PREFIX}ext-{name}",
+    ext = st.ExternalState(name=name, netns=f"{st.netns_prefix()}ext-{name}",
                            ip=f"{st.UNDERLAY_NET}.{octet}")
     netns.create(ext.netns)
     try:
         ul_side = _short("ux", name)
-        _veth(st.UNDERLAY_NS, ul_side, ext.netns, "eth0")
-        _enslave(st.UNDERLAY_NS, ul_side, st.UNDERLAY_BRIDGE)
+        _veth(st.underlay_ns(), ul_side, ext.netns, "eth0")
+        _enslave(st.underlay_ns(), ul_side, st.UNDERLAY_BRIDGE)
         _address(ext.netns, "eth0", f"{ext.ip}/24")
         _multicast_route(ext.netns, "eth0")
         _tx_off(ext.netns, "eth0")

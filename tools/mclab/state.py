@@ -11,8 +11,6 @@ import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-NETNS_PREFIX = "mclab-"
-UNDERLAY_NS = "mclab-ul"
 UNDERLAY_BRIDGE = "br-ul"
 UNDERLAY_NET = "192.168.77"  # node i is .i, external host k is .(200+k)
 POD_NET = "10.77.0.0/16"  # node i allocates 10.77.i.1-254: one on-link subnet for all pods
@@ -20,6 +18,16 @@ POD_NET = "10.77.0.0/16"  # node i allocates 10.77.i.1-254: one on-link subnet f
 
 def lab_dir() -> Path:
     return Path(os.environ.get("MCLAB_DIR", "/tmp/mclab"))
+
+
+def netns_prefix() -> str:
+    """Prefix of every namespace of the lab ($MCLAB_PREFIX, default 'mclab-'): two labs with
+    different prefixes and lab dirs can run side by side."""
+    return os.environ.get("MCLAB_PREFIX", "mclab-")
+
+
+def underlay_ns() -> str:
+    return f"{netns_prefix()}ul"
 
 
 @dataclass
