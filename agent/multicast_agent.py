@@ -193,6 +193,7 @@ class MulticastAgent:
                 self._seed_neighbour(ip)
         with self._lock:
             gone = set(self._nodes.values()) - set(new.values())
+            added = set(new.values()) - set(self._nodes.values())
             changed: set[str] = set()
             for ip in gone:
                 changed |= self.remote.remove_member(ip)
@@ -202,8 +203,12 @@ class MulticastAgent:
             self._nodes = new
             self._sync_groups(changed)
             self._rec.flush()
-            # A changed node set gets our full membership at once (new nodes know nothing).
+            # A changed node set gets our full membership at once (new nodes know nothing), and
+            # new nodes are asked for theirs: their reports to us may have arrived before we
+            # knew them, and were refused then.
             self._send_full_report()
+            for ip in sorted(added):
+                self._send_query(node_ip=ip)
 
     # ------------------------------------------------------------------ packet-ins
 
@@ -245,6 +250,11 @@ class MulticastAgent:
         return "accepted"
 
     def _tunnel_igmp(self, now: float, ev: PacketIn, msg: object) -> str:
+        if isinstance(msg, Query):
+            # Another node asks for our membership: answer it alone, even before we know it.
+            node_ip = ev.tun_src or msg.src
+            self._send_to_nodes(self._current_records(), only=node_ip)
+            return "answered"
         if not isinstance(msg, ReportV3):
             return "ignored"
         node_ip = ev.tun_src or msg.src
@@ -305,11 +315,12 @@ class MulticastAgent:
             return []
         return build_v3_reports(records, self.bridge.node_ip, self.bridge.node_mac)
 
-    def _send_to_nodes(self, records: list[GroupRecord]) -> None:
+    def _send_to_nodes(self, records: list[GroupRecord], only: str | None = None) -> None:
         if self.bridge.mode is not Mode.ENCAP or self.bridge.tunnel_port is None:
             return
+        targets = [only] if only else sorted(self._nodes.values())
         for frame in self._frames(records):
-            for ip in sorted(self._nodes.values()):
+            for ip in targets:
                 self._switch.packet_out(frame, (SetTunnelDst(ip), Output(self.bridge.tunnel_port)))
 
     def _send_upstream(self, records: list[GroupRecord]) -> None:
@@ -341,11 +352,17 @@ class MulticastAgent:
             self._rec.flush()
 
     def _send_query(self, group: str = "0.0.0.0", version: int | None = None,
-                    max_resp_s: float = 1.0) -> None:
+                    max_resp_s: float = 1.0, node_ip: str | None = None) -> None:
+        """A query to every local pod, or (``node_ip``) through the tunnel to one node."""
         v = version or max(self.cfg.query_versions)
         frame = build_query(v, self.bridge.node_ip, self.bridge.node_mac, group=group,
                             max_resp_s=max_resp_s, qrv=self.cfg.robustness,
                             qqic_s=int(self.cfg.query_interval_s))
+        if node_ip is not None:
+            if self.bridge.tunnel_port is not None:
+                self._switch.packet_out(frame, (SetTunnelDst(node_ip),
+                                                Output(self.bridge.tunnel_port)))
+            return
         # Through the table: the query flow floods it to every pod via the query group.
         self._switch.packet_out(frame, (Output(OFPP_TABLE),), in_port=OFPP_CONTROLLER)
 
