@@ -26,7 +26,7 @@ from agent.multicast_agent import MulticastAgent
 from agent.ofswitch import OpenFlowSwitch
 from agent.ovsdb import Ovsdb, PortInfo, pod_external_ids
 from agent.reconciler import Reconciler
-from agent.tunnel_neigh import seed_tunnel_neighbour
+from agent.vswitchd import pin_local_mac, seed_tunnel_neighbour
 from pipeline.layout import multicast_pipeline
 from pipeline.multicast import BridgeConfig, Mode
 
@@ -101,6 +101,8 @@ class Agent:
                              hwaddr=cfg.node_mac or None)
             uplink = cfg.uplink_ofport
         mac = cfg.node_mac or _interface_mac(cfg.phy_bridge if cfg.uplink else cfg.int_bridge)
+        if uplink is not None and not pin_local_mac(cfg.ovs_rundir, cfg.phy_bridge, mac):
+            raise RuntimeError(f"cannot pin {mac} to {cfg.phy_bridge}'s LOCAL port")
         return tunnel, uplink, mac
 
     def start(self) -> None:
