@@ -1,0 +1,274 @@
+"""The agent's multicast core driven by real IGMP frames, its flows run on the fake OpenFlow table.
+
+Everything here is the product's own code: the parser, membership, querier, forwarding builders,
+differ and reconciler; the switch is the fake table (checked against real OVS elsewhere), and
+time is a fake clock. Assertions are about where packets go and what the agent sends.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import pytest
+
+from agent.config import parse_config
+from agent.igmp.packets import (
+    GroupRecord,
+    RecordType,
+    build_v2_leave,
+    build_v2_report,
+    build_v3_reports,
+    parse_frame,
+)
+from agent.igmp.packets import Query as IgmpQuery
+from agent.igmp.packets import ReportV3 as IgmpReportV3
+from agent.localapi import PodAttach
+from agent.multicast_agent import MulticastAgent
+from agent.reconciler import Reconciler
+from agent.switchops import CookieDelete
+from pipeline.fake_table import FakeSwitch, Packet
+from pipeline.layout import multicast_pipeline
+from pipeline.model import OFPP_CONTROLLER, OFPP_TABLE, DesiredState, Output, SetTunnelDst
+from pipeline.multicast import BridgeConfig, Mode, PuntReason
+
+NODE_IP, NODE_MAC = "192.168.77.1", "02:77:00:00:00:01"
+NODE2, NODE3 = "192.168.77.2", "192.168.77.3"
+TUNNEL, UPLINK = 65000, 65001
+G, G2 = "239.1.1.1", "239.2.2.2"
+
+
+class FakeTableSwitch:
+    """The agent's Switch interface over the fake OpenFlow table."""
+
+    def __init__(self) -> None:
+        self.table = FakeSwitch(multicast_pipeline(), tunnel_ports=(TUNNEL,))
+        self.packet_outs: list[tuple[bytes, tuple, int | None]] = []
+
+    def apply(self, ops: list) -> None:
+        for op in ops:
+            if isinstance(op, CookieDelete):
+                for f in self.table.flows():
+                    if f.cookie & op.mask == op.cookie:
+                        self.table.delete_flow(f)
+            else:
+                self.table.apply([op])
+
+    def dump(self) -> DesiredState:
+        return DesiredState(tuple(self.table.flows()), tuple(self.table.groups().values()))
+
+    def packet_out(self, data: bytes, actions: tuple, in_port: int | None = None) -> None:
+        self.packet_outs.append((data, tuple(actions), in_port))
+
+    def flow_stats(self, cookie: int, mask: int) -> list[tuple]:
+        return [(f, self.table.n_packets(f), 0) for f in self.table.flows()
+                if f.cookie & mask == cookie]
+
+    def sent(self) -> list[tuple[object, tuple]]:
+        """Parsed packet-outs since the last call."""
+        out = [(parse_frame(d), a) for d, a, _ in self.packet_outs]
+        self.packet_outs.clear()
+        return out
+
+
+@dataclass
+class Ports:
+    """The OVSDB side: hands out ofports in attach order."""
+
+    attached: dict[str, int] = field(default_factory=dict)
+
+    def add_pod_port(self, pod: PodAttach) -> int:
+        self.attached[pod.host_ifname] = len(self.attached) + 1
+        return self.attached[pod.host_ifname]
+
+    def del_port(self, ifname: str) -> None:
+        self.attached.pop(ifname, None)
+
+
+@dataclass
+class PI:
+    in_port: int
+    userdata: bytes
+    data: bytes
+    tun_src: str | None = None
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def env():
+    cfg = parse_config({"node": {"name": "node1", "ip": NODE_IP},
+                        "multicast": {"igmpQueryInterval": "10s",
+                                      "multicastInterfaces": ["eth0"]}})
+    bridge = BridgeConfig(Mode.ENCAP, 1, NODE_IP, NODE_MAC, tunnel_port=TUNNEL,
+                          uplink_port=UPLINK)
+    switch, clock, seeded = FakeTableSwitch(), Clock(), []
+    agent = MulticastAgent(cfg, bridge, switch, Reconciler(switch, multicast_pipeline()),
+                           Ports(), clock=clock, neighbour_seeder=seeded.append)
+    agent.start()
+    pods = [agent.attach_pod(PodAttach("default", f"p{i}", f"cid{i}", f"veth{i}",
+                                       f"10.77.1.{i + 1}", f"0a:00:00:00:00:0{i}"))
+            for i in range(1, 5)]
+    switch.sent()
+    return agent, switch, clock, pods, seeded
+
+
+def join_v3(agent, pod, group: str, kind: RecordType = RecordType.TO_EX) -> None:
+    (frame,) = build_v3_reports([GroupRecord(kind, group, ())], pod.ip, pod.mac)
+    agent.handle_packet_in(PI(pod.ofport, bytes([PuntReason.IGMP_POD]), frame))
+
+
+def send(switch: FakeTableSwitch, pod, group: str) -> list[int]:
+    t = switch.table.process(Packet(pod.ofport, pod.mac, "01:00:5e:01:01:01", pod.ip, group, 17,
+                                    udp_dst=5000))
+    return sorted(d.port for d in t.deliveries)
+
+
+def test_members_get_copies_and_nobody_else(env) -> None:
+    agent, switch, _, (p1, p2, p3, p4), _ = env
+    join_v3(agent, p2, G)
+    frame = build_v2_report(G, p3.ip, p3.mac)
+    agent.handle_packet_in(PI(p3.ofport, bytes([PuntReason.IGMP_POD]), frame))
+    join_v3(agent, p4, G2)
+    assert send(switch, p1, G) == [p2.ofport, p3.ofport, UPLINK]
+    assert send(switch, p1, G2) == [p4.ofport, UPLINK]
+    # a group nobody joined still reaches external receivers, and only them
+    assert send(switch, p1, "239.9.9.9") == [UPLINK]
+    assert {m["group"]: m["localPods"] for m in agent.members()} == {
+        G: ["default/p2", "default/p3"], G2: ["default/p4"]}
+
+
+def test_first_join_and_last_leave_are_announced_upstream(env) -> None:
+    agent, switch, clock, (p1, p2, *_), _ = env
+    join_v3(agent, p2, G)
+    ((msg, actions),) = switch.sent()  # no other node yet: only the uplink
+    assert actions == (Output(UPLINK),)
+    assert isinstance(msg, IgmpReportV3) and msg.src == NODE_IP
+    assert [(r.kind, r.group) for r in msg.records] == [(RecordType.TO_EX, G)]
+    # v2 leave: a group-specific query first, removal after the last-member query time
+    agent.handle_packet_in(PI(p2.ofport, bytes([PuntReason.IGMP_POD]),
+                              build_v2_leave(G, p2.ip, p2.mac)))
+    agent.tick()
+    queries = [m for m, _ in switch.sent() if isinstance(m, IgmpQuery) and not m.is_general]
+    assert [q.group for q in queries] == [G]
+    assert send(switch, p1, G) == [p2.ofport, UPLINK]  # still a member while being queried
+    clock.now += agent.local.timers.last_member_query_time_s + 0.1
+    agent.tick()
+    assert send(switch, p1, G) == [UPLINK]
+    leave = [m for m, _ in switch.sent() if isinstance(m, IgmpReportV3)]
+    assert [(r.kind, r.group) for m in leave for r in m.records] == [(RecordType.TO_IN, G)]
+
+
+def test_silent_member_ages_out(env) -> None:
+    agent, switch, clock, (p1, p2, *_), _ = env
+    join_v3(agent, p2, G)
+    clock.now += agent.local.timers.membership_timeout_s - 1
+    agent.tick()
+    assert send(switch, p1, G) == [p2.ofport, UPLINK]
+    clock.now += 2
+    agent.tick()
+    assert send(switch, p1, G) == [UPLINK]
+    assert agent.members() == []
+    assert not [f for f in switch.table.flows() if f.match.get("ipv4_dst")
+                and f.match.get("ipv4_dst").value == G]
+
+
+def test_general_queries_go_to_every_pod_through_the_table(env) -> None:
+    agent, switch, clock, *_ = env
+    clock.now += 0.5
+    agent.tick()
+    outs = [(parse_frame(d), a, i) for d, a, i in switch.packet_outs]
+    general = [(a, i) for m, a, i in outs if isinstance(m, IgmpQuery) and m.is_general]
+    assert general == [((Output(OFPP_TABLE),), OFPP_CONTROLLER)], outs
+    # Run that packet-out through the pipeline as OVS does: it reaches every local pod.
+    t = switch.table.process(Packet(OFPP_CONTROLLER, NODE_MAC, "01:00:5e:00:00:01", NODE_IP,
+                                    "224.0.0.1", 2))
+    assert sorted(d.port for d in t.deliveries) == [1, 2, 3, 4]
+
+
+def test_remote_members_from_tunnel_reports_and_node_removal(env) -> None:
+    agent, switch, clock, (p1, p2, *_), seeded = env
+    agent.set_nodes([{"name": "node1", "ips": [NODE_IP]}, {"name": "node2", "ips": [NODE2]},
+                     {"name": "node3", "ips": [NODE3]}])
+    assert seeded == [NODE2, NODE3]  # neighbours resolved before anything is tunnelled
+    sent = switch.sent()
+    asked = sorted(a[0].ip for m, a in sent if isinstance(m, IgmpQuery) and a
+                   and isinstance(a[0], SetTunnelDst))
+    assert asked == [NODE2, NODE3]  # new nodes are asked for their membership
+    (report,) = build_v3_reports([GroupRecord(RecordType.IS_EX, G, ())], NODE2, "02:77:00:00:00:02")
+    agent.handle_packet_in(PI(TUNNEL, bytes([PuntReason.IGMP_TUNNEL]), report, tun_src=NODE2))
+    t = switch.table.process(Packet(p1.ofport, p1.mac, "01:00:5e:01:01:01", p1.ip, G, 17))
+    assert sorted((d.port, d.tun_dst) for d in t.deliveries) == [
+        (TUNNEL, NODE2), (UPLINK, None)]
+    # tunnel traffic for G reaches local members only: never back into the tunnel or outside
+    join_v3(agent, p2, G)
+    t = switch.table.process(Packet(TUNNEL, "02:77:00:00:00:02", "01:00:5e:01:01:01", p1.ip, G, 17,
+                                    tun_src=NODE2))
+    assert [d.port for d in t.deliveries] == [p2.ofport]
+    # the node goes away: its membership ends at once
+    agent.set_nodes([{"name": "node1", "ips": [NODE_IP]}, {"name": "node3", "ips": [NODE3]}])
+    assert send(switch, p1, G) == [p2.ofport, UPLINK]
+
+
+def test_remote_members_age_out_and_unknown_nodes_are_refused(env) -> None:
+    agent, switch, clock, (p1, *_), _ = env
+    agent.set_nodes([{"name": "node2", "ips": [NODE2]}])
+    (report,) = build_v3_reports([GroupRecord(RecordType.IS_EX, G, ())], NODE3, "02:77:00:00:00:03")
+    agent.handle_packet_in(PI(TUNNEL, bytes([PuntReason.IGMP_TUNNEL]), report, tun_src=NODE3))
+    assert send(switch, p1, G) == [UPLINK]
+    (report,) = build_v3_reports([GroupRecord(RecordType.IS_EX, G, ())], NODE2, "02:77:00:00:00:02")
+    agent.handle_packet_in(PI(TUNNEL, bytes([PuntReason.IGMP_TUNNEL]), report, tun_src=NODE2))
+    assert send(switch, p1, G) == [TUNNEL, UPLINK]
+    clock.now += agent.remote.timers.membership_timeout_s + 0.1
+    agent.tick()
+    assert send(switch, p1, G) == [UPLINK]
+
+
+def test_queries_from_tunnel_and_uplink_are_answered_with_our_groups(env) -> None:
+    agent, switch, _, (p1, p2, *_), _ = env
+    join_v3(agent, p2, G)
+    switch.sent()
+    from agent.igmp.packets import build_query
+
+    q = build_query(3, NODE3, "02:77:00:00:00:03")
+    agent.handle_packet_in(PI(TUNNEL, bytes([PuntReason.IGMP_TUNNEL]), q, tun_src=NODE3))
+    ((msg, actions),) = switch.sent()
+    assert actions == (SetTunnelDst(NODE3), Output(TUNNEL))
+    assert [r.group for r in msg.records] == [G]
+    agent.handle_packet_in(PI(UPLINK, bytes([PuntReason.IGMP_UPLINK]),
+                              build_query(2, "192.168.77.254", "02:00:00:00:00:fe")))
+    ((msg, actions),) = switch.sent()
+    assert actions == (Output(UPLINK),) and [r.group for r in msg.records] == [G]
+
+
+def test_pod_detach_ends_its_memberships(env) -> None:
+    agent, switch, _, (p1, p2, p3, _), _ = env
+    join_v3(agent, p2, G)
+    join_v3(agent, p3, G)
+    agent.detach_pod("cid2")
+    assert send(switch, p1, G) == [p3.ofport, UPLINK]
+    assert all(p.name != "p2" for p in agent.list_pods())
+    agent.detach_pod("cid2")  # idempotent
+
+
+def test_malformed_and_unknown_port_igmp_change_nothing(env) -> None:
+    agent, switch, _, (p1, *_), _ = env
+    agent.handle_packet_in(PI(p1.ofport, bytes([PuntReason.IGMP_POD]), b"\x00" * 20))
+    frame = build_v2_report(G, "10.77.1.99", "0a:00:00:00:00:99")
+    agent.handle_packet_in(PI(77, bytes([PuntReason.IGMP_POD]), frame))
+    assert agent.members() == []
+    assert send(switch, p1, G) == [UPLINK]
+
+
+def test_pod_stats_count_sent_and_delivered_packets(env) -> None:
+    agent, switch, _, (p1, p2, *_), _ = env
+    join_v3(agent, p2, G)
+    for _ in range(3):
+        send(switch, p1, G)
+    stats = {s["name"]: (s["inbound"], s["outbound"]) for s in agent.pod_stats()}
+    assert stats["p1"] == (0, 3) and stats["p2"] == (3, 0) and stats["p3"] == (0, 0)
