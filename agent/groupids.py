@@ -39,6 +39,19 @@ class GroupIdAllocator:
         self._by_key[key] = gid
         return gid
 
+    def adopt(self, key: str, gid: int) -> None:
+        """Keep the id a previous run gave ``key`` (found on the switch at start-up)."""
+        if key in self._by_key or gid in self._by_key.values():
+            raise ValueError(f"group id {gid} or key {key} already taken")
+        if gid >= self._next:
+            self._free.extend(range(self._next, gid))
+            heapq.heapify(self._free)
+            self._next = gid + 1
+        else:
+            self._free.remove(gid)
+            heapq.heapify(self._free)
+        self._by_key[key] = gid
+
     def release(self, key: str) -> None:
         gid = self._by_key.pop(key, None)
         if gid is not None:

@@ -120,7 +120,7 @@ class Agent:
         core = MulticastAgent(cfg, bridge, self.switch, rec, PodPorts(self.db, cfg.int_bridge),
                               neighbour_seeder=seed if tunnel is not None else None)
         pods = [p for p in map(_pod_from_port, self.db.list_ports(cfg.int_bridge)) if p]
-        core.start(pods, install=lambda: rec.startup(round_))
+        core.start(pods, install=lambda: rec.startup(round_), found=self.switch.dump())
         self.db.set_round(round_, cfg.int_bridge)
         self.switch.on_packet_in = core.handle_packet_in
         # A reconnect (e.g. ovs-vswitchd restart) replays everything we want onto the switch.

@@ -37,7 +37,16 @@ from agent.igmp.querier import Querier
 from agent.localapi import ApiError, PodAttach, PodInfo
 from pipeline import layout
 from pipeline.cookies import CATEGORY_MASK, CATEGORY_SHIFT, Category
-from pipeline.model import OFPP_CONTROLLER, OFPP_TABLE, Action, DesiredState, Output, SetTunnelDst
+from pipeline.model import (
+    OFPP_CONTROLLER,
+    OFPP_TABLE,
+    Action,
+    DesiredState,
+    GroupAction,
+    LoadReg,
+    Output,
+    SetTunnelDst,
+)
 from pipeline.multicast import BridgeConfig, Mode, PuntReason
 from pipeline.multicast import pipeline as mc_pipeline
 from pipeline.registers import OUT_PORT
@@ -108,20 +117,59 @@ class MulticastAgent:
     # ------------------------------------------------------------------ start-up
 
     def start(self, existing_pods: Iterable[PodInfo] = (),
-              install: Callable[[], object] | None = None) -> None:
+              install: Callable[[], object] | None = None,
+              found: DesiredState | None = None) -> None:
         """Install the pipeline and re-adopt pods found on the bridge (agent restart).
 
         ``install`` replaces the plain flush at start-up (the reconciler's round swap).
+        ``found`` is what the switch held: its groups' members are restored so that a restart
+        does not cut traffic while pods answer the start-up queries.
         """
         with self._lock:
             self._rec.set(fw.PIPELINE, "", fw.pipeline_state(self.bridge))
             for pod in existing_pods:
                 self._add_pod(pod)
+            if found is not None:
+                self._restore(found)
             self._rec.set(fw.QUERY, "", fw.query_state(self._by_port))
             if install is not None:
                 install()
             else:
                 self._rec.flush()
+
+    def _restore(self, found: DesiredState) -> None:
+        """Members of the groups a previous run installed, as if they had just reported.
+
+        Real members refresh them at the start-up queries; stale ones age out like any silent
+        member. Group ids are kept, so the swap to the new round modifies groups in place.
+        """
+        now = self._clock()
+        groups = {g.group_id: g for g in found.groups}
+        restored: set[str] = set()
+        for flow in found.flows:
+            dst = flow.match.get("ipv4_dst")
+            if flow.table != layout.ROUTING or dst is None or dst.mask is not None:
+                continue
+            gid = next((a.group_id for a in flow.actions if isinstance(a, GroupAction)), None)
+            group = groups.get(gid) if gid is not None else None
+            if group is None or not group.buckets:
+                continue  # too large to read back: its members re-report at the query
+            g = str(dst.value)
+            for bucket in group.buckets:
+                port = next((a.value for a in bucket.actions
+                             if isinstance(a, LoadReg) and a.field == OUT_PORT), None)
+                tun = next((a.ip for a in bucket.actions if isinstance(a, SetTunnelDst)), None)
+                if port in self._by_port:
+                    self.local.apply(now, (POD_MEMBER, self._by_port[port].container_id),
+                                     ReportV2(g))
+                elif tun is not None:
+                    self.remote.apply(now, tun, ReportV3((GroupRecord(RecordType.IS_EX, g),)))
+            self._gids.adopt(g, group.group_id)
+            restored.add(g)
+        self._sync_groups(restored)
+        self._announced = set(self.local.groups())
+        if restored:
+            log.info("restored members of %d groups found on the switch", len(restored))
 
     # ------------------------------------------------------------------ pods (AgentApi)
 

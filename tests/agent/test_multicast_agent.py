@@ -272,3 +272,28 @@ def test_pod_stats_count_sent_and_delivered_packets(env) -> None:
         send(switch, p1, G)
     stats = {s["name"]: (s["inbound"], s["outbound"]) for s in agent.pod_stats()}
     assert stats["p1"] == (0, 3) and stats["p2"] == (3, 0) and stats["p3"] == (0, 0)
+
+
+def test_restart_restores_members_from_the_switch_without_a_gap(env) -> None:
+    agent, switch, clock, (p1, p2, p3, _), _ = env
+    agent.set_nodes([{"name": "node2", "ips": [NODE2]}])
+    join_v3(agent, p2, G)
+    (report,) = build_v3_reports([GroupRecord(RecordType.IS_EX, G2, ())], NODE2,
+                                 "02:77:00:00:00:02")
+    agent.handle_packet_in(PI(TUNNEL, bytes([PuntReason.IGMP_TUNNEL]), report, tun_src=NODE2))
+    before = {f.cookie >> 48 for f in switch.table.flows()}
+    gids = dict(agent._gids.items())
+    # A new agent process: round 2, same switch, same pods (re-read from OVSDB).
+    bridge = BridgeConfig(Mode.ENCAP, 2, NODE_IP, NODE_MAC, tunnel_port=TUNNEL,
+                          uplink_port=UPLINK)
+    rec = Reconciler(switch, multicast_pipeline())
+    again = MulticastAgent(agent.cfg, bridge, switch, rec, Ports(), clock=clock)
+    again.start(agent.list_pods(), install=lambda: rec.startup(2), found=switch.dump())
+    assert before == {1} and {f.cookie >> 48 for f in switch.table.flows()} == {2}
+    assert again._gids.items() == gids  # groups modified in place, never re-created
+    assert send(switch, p1, G) == [p2.ofport, UPLINK]
+    assert send(switch, p1, G2) == [TUNNEL, UPLINK]
+    # restored members are ordinary members: silent ones age out
+    clock.now += again.local.timers.membership_timeout_s + 1
+    again.tick()
+    assert send(switch, p1, G) == [UPLINK]
