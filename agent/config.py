@@ -8,7 +8,9 @@ Bad input raises ``ConfigError`` naming the key.
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -80,7 +82,9 @@ def _get(d: dict[str, Any], key: str, path: str, kind: type, default: Any) -> An
     return v
 
 
-def parse_config(raw: dict[str, Any]) -> AgentConfig:
+def parse_config(raw: dict[str, Any], env: Mapping[str, str] | None = None) -> AgentConfig:
+    """Validate ``raw``. node.name / node.ip default to $NODE_NAME / $NODE_IP (downward API)."""
+    env = os.environ if env is None else env
     if not isinstance(raw, dict):
         raise ConfigError("config: top level must be a mapping")
     gates = _get(raw, "featureGates", "", dict, {})
@@ -104,10 +108,10 @@ def parse_config(raw: dict[str, Any]) -> AgentConfig:
     if any(not isinstance(i, str) or not i for i in ifaces):
         raise ConfigError("multicast.multicastInterfaces: must be a list of interface names")
 
-    name = _get(node, "name", "node.", str, "")
+    name = _get(node, "name", "node.", str, env.get("NODE_NAME", ""))
     if not name:
-        raise ConfigError("node.name: required")
-    ip = _get(node, "ip", "node.", str, "")
+        raise ConfigError("node.name: required (or $NODE_NAME)")
+    ip = _get(node, "ip", "node.", str, env.get("NODE_IP", ""))
     try:
         ipaddress.IPv4Address(ip)
     except ValueError:

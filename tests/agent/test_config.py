@@ -32,6 +32,11 @@ def test_full_config() -> None:
     assert (cfg.datapath_type, cfg.tunnel_type) == ("netdev", "geneve")
 
 
+def test_node_identity_from_the_environment() -> None:
+    cfg = parse_config({}, env={"NODE_NAME": "w1", "NODE_IP": "10.0.0.7"})
+    assert (cfg.node_name, cfg.node_ip) == ("w1", "10.0.0.7")
+
+
 def test_feature_gate_off_disables_multicast() -> None:
     assert not parse_config({**BASE, "featureGates": {"Multicast": False}}).multicast_enabled
 
@@ -50,7 +55,7 @@ def test_feature_gate_off_disables_multicast() -> None:
 ])
 def test_bad_input_names_the_key(raw: dict, key: str) -> None:
     with pytest.raises(ConfigError, match=key):
-        parse_config(raw)
+        parse_config(raw, env={})
 
 
 def test_durations() -> None:
