@@ -5,12 +5,13 @@ pod/exec`` and ``mcctl``, each as a subprocess with ``MCLAB_DIR`` pointing at a 
 under /tmp. Inside pods the traffic tools are ``tools/mcprobe.py`` (standard library only),
 ``socat`` and ``tcpdump``.
 
-A lab is machine-wide (its namespaces are named ``mclab-*`` whatever ``MCLAB_DIR`` is), so a
-lab fixture refuses to start while any ``mclab-*`` namespace exists, and never touches a lab it
-did not start. A lab it started is ALWAYS taken down at teardown with ``mclab down``; then no
-``mclab-*`` namespace, no process naming the lab directory and no probe process may remain, or
-the teardown fails loudly (after removing the leftovers). The agent's and OVS's logs are kept
-in /tmp/mclab-test-logs/<lab dir name>/ for post-mortems.
+Developers share the machine, so every lab of these tests has its own namespace prefix
+(``MCLAB_PREFIX=mclt<hex>-``; ``mclab down`` of the default ``mclab-`` lab never touches it, nor
+ours theirs). A lab fixture refuses to start while a namespace with its prefix exists. A lab it
+started is ALWAYS taken down at teardown with ``mclab down``; then no namespace with its prefix,
+no process naming its lab directory and no probe process may remain, or the teardown fails
+loudly (after removing the leftovers). The agent's and OVS's logs are kept in
+/tmp/mclab-test-logs/<lab dir name>/ for post-mortems.
 """
 
 from __future__ import annotations
@@ -41,7 +42,6 @@ PYTHON = str(VENV_BIN / "python")
 MCLAB = str(VENV_BIN / "mclab")
 MCCTL = str(VENV_BIN / "mcctl")
 MCPROBE = str(REPO / "tools" / "mcprobe.py")
-NETNS_PREFIX = "mclab-"
 LOG_ARCHIVE = Path("/tmp/mclab-test-logs")
 
 CLI_TIMEOUT = 60.0  # one mclab/mcctl command
@@ -252,12 +252,15 @@ def _group_match(group: str) -> re.Pattern[str]:
 class Lab:
     """One running lab (``mclab up`` done), driven through the real CLIs."""
 
-    def __init__(self, lab_dir: Path, nodes: int, mode: str, query_interval: str) -> None:
+    def __init__(self, lab_dir: Path, prefix: str, nodes: int, mode: str,
+                 query_interval: str) -> None:
         self.dir = lab_dir
+        self.prefix = prefix
         self.nodes = nodes
         self.mode = mode
         self.query_interval = query_interval
-        self.env = {**os.environ, "MCLAB_DIR": str(lab_dir), "PYTHONUNBUFFERED": "1"}
+        self.env = {**os.environ, "MCLAB_DIR": str(lab_dir), "MCLAB_PREFIX": prefix,
+                    "PYTHONUNBUFFERED": "1"}
         self.probe_dir = lab_dir / "probe"
 
     wait_for = staticmethod(wait_for)
@@ -474,20 +477,27 @@ def _run(argv: list[str], env: dict[str, str], check: bool,
 # ---------------------------------------------------------------------------- lifecycle
 
 
-def foreign_lab() -> str | None:
-    """Why another lab seems to be up on this machine (its namespaces), or None."""
-    names = netns.list_netns(NETNS_PREFIX)
+def foreign_lab(prefix: str) -> str | None:
+    """Why a lab with namespace prefix ``prefix`` seems to be up already, or None."""
+    names = netns.list_netns(prefix)
     if names:
-        return (f"mclab namespaces already exist ({', '.join(names)}): another lab is up on this "
-                f"machine; take it down first (MCLAB_DIR=<its dir> mclab down)")
+        return (f"namespaces {', '.join(names)} already exist: a lab with prefix {prefix} is up; "
+                f"take it down first (MCLAB_PREFIX={prefix} MCLAB_DIR=<its dir> mclab down)")
     return None
 
 
-def fresh_lab_dir() -> Path:
-    return Path(f"/tmp/mclab-t{os.getpid()}-{uuid.uuid4().hex[:6]}")
+def fresh_lab() -> tuple[Path, str]:
+    """A new lab directory under /tmp and a namespace prefix of our own."""
+    tag = f"{os.getpid()}-{uuid.uuid4().hex[:6]}"
+    return Path(f"/tmp/mclab-t{tag}"), f"mclt{tag.split('-')[1]}-"
 
 
-def _archive_logs(lab: Lab) -> Path:
+def _archive_logs(lab: Lab, keep: int = 10) -> Path:
+    """Copy the lab's logs and switch state to LOG_ARCHIVE (the ``keep`` newest labs stay)."""
+    if LOG_ARCHIVE.is_dir():
+        old = sorted(LOG_ARCHIVE.iterdir(), key=lambda d: d.stat().st_mtime)[: -(keep - 1)]
+        for d in old:
+            shutil.rmtree(d, ignore_errors=True)
     dest = LOG_ARCHIVE / lab.dir.name
     dest.mkdir(parents=True, exist_ok=True)
     for node in range(1, lab.nodes + 1):
@@ -512,13 +522,16 @@ def _teardown(lab: Lab) -> None:
     problems = [f"probe process still running at lab teardown: {c}" for c in reap_processes()]
     try:
         kept = _archive_logs(lab)
-    except OSError as e:
+    except Exception as e:  # never let log keeping stop the clean-up
         kept = Path(f"(logs not kept: {e})")
-    res = subprocess.run([MCLAB, "down"], env=lab.env, capture_output=True, text=True,
-                         timeout=UP_TIMEOUT, stdin=subprocess.DEVNULL)
-    if res.returncode != 0:
-        problems.append(f"mclab down exited {res.returncode}: {res.stderr.strip()}")
-    left_ns = netns.list_netns(NETNS_PREFIX)
+    try:
+        res = subprocess.run([MCLAB, "down"], env=lab.env, capture_output=True, text=True,
+                             timeout=UP_TIMEOUT, stdin=subprocess.DEVNULL)
+        if res.returncode != 0:
+            problems.append(f"mclab down exited {res.returncode}: {res.stderr.strip()}")
+    except subprocess.TimeoutExpired:
+        problems.append(f"mclab down did not finish within {UP_TIMEOUT:.0f}s")
+    left_ns = netns.list_netns(lab.prefix)
     marker = str(lab.dir)
     left_pids = [p for p in pids_naming(marker) if is_alive(p)]
     if left_ns:
@@ -553,10 +566,11 @@ def lab_factory() -> Iterator[LabFactory]:
         if made:
             pytest.fail("lab_factory: one lab at a time (mclab namespaces are machine-wide)",
                         pytrace=False)
-        why = foreign_lab()
+        lab_dir, prefix = fresh_lab()
+        why = foreign_lab(prefix)
         if why:
             pytest.fail(why, pytrace=False)
-        lab = Lab(fresh_lab_dir(), nodes, mode, query_interval)
+        lab = Lab(lab_dir, prefix, nodes, mode, query_interval)
         made.append(lab)  # from here on, teardown runs mclab down
         lab.mclab("up", "--nodes", str(nodes), "--mode", mode,
                   "--query-interval", query_interval, timeout=UP_TIMEOUT)
@@ -586,12 +600,12 @@ def _reap_probes() -> Iterator[None]:
 
 @pytest.fixture
 def no_lab() -> Iterator[Callable[..., subprocess.CompletedProcess[str]]]:
-    """Run ``mclab ARGS`` with a fresh, empty MCLAB_DIR while no lab is up anywhere."""
-    why = foreign_lab()
+    """Run ``mclab ARGS`` with a fresh, empty MCLAB_DIR and namespace prefix (no lab up)."""
+    lab_dir, prefix = fresh_lab()
+    why = foreign_lab(prefix)
     if why:
         pytest.fail(why, pytrace=False)
-    lab_dir = fresh_lab_dir()
-    env = {**os.environ, "MCLAB_DIR": str(lab_dir)}
+    env = {**os.environ, "MCLAB_DIR": str(lab_dir), "MCLAB_PREFIX": prefix}
 
     def run(*args: str, timeout: float = CLI_TIMEOUT) -> subprocess.CompletedProcess[str]:
         return _run([MCLAB, *args], env, False, timeout)

@@ -58,7 +58,8 @@ def test_members_receive_exactly_n_others_nothing(lab: Lab) -> None:
     other_rx = lab.start_receiver(other, g2, port)
     sniff_non = lab.start_sniffer(non, g, port)
     sniff_other = lab.start_sniffer(other, g, port)
-    for r in (py, other_rx, sniff_non, sniff_other):
+    sniff_member = lab.start_sniffer(r_py, g, port)  # positive control of the sniffer
+    for r in (py, other_rx, sniff_non, sniff_other, sniff_member):
         r.wait_ready()
     lab.wait_members(NODE, g, [r_socat, r_py], exact=True)
     lab.wait_members(NODE, g2, [other], exact=True)
@@ -70,6 +71,8 @@ def test_members_receive_exactly_n_others_nothing(lab: Lab) -> None:
 
     got_py, got_socat = py.stop(), socat.stop()
     got_non, got_other, got_other_g = sniff_non.stop(), sniff_other.stop(), other_rx.stop()
+    got_member_l2 = sniff_member.stop()
+    assert got_member_l2["n"] == N, f"frames on the member's eth0: {got_member_l2}"
     assert got_py["n"] == N and got_py["distinct"] == N, got_py
     assert got_py["sources"] == {snd.ip: N}, got_py
     assert got_socat["n"] == N, got_socat
