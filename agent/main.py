@@ -128,7 +128,7 @@ class Agent:
         self.core = core
         if cfg.metrics_port:
             start_http_server(cfg.metrics_port)
-            metrics.register_pod_collector(core.pod_stats)
+            metrics.register_agent_collector(core.members, core.pod_stats)
         self.api = LocalApiServer(cfg.api_socket, core)
         self.api.start()
         log.info("agent of %s up: mode %s, round %d, %d pods re-adopted", cfg.node_name,

@@ -55,6 +55,9 @@ from pipeline.render import render_flow, render_group
 log = logging.getLogger(__name__)
 
 POD_MEMBER = "pod"
+UNDERLAY_MTU = 1500
+TUNNEL_OVERHEAD = 100
+"""Room for the outer headers of a report sent through the tunnel (VXLAN 50, Geneve 50+opts)."""
 
 
 class Switch(Protocol):
@@ -331,7 +334,6 @@ class MulticastAgent:
                 continue
             gid = self._gids.allocate(g)
             self._rec.set(fw.GROUP, g, fw.group_state(self.bridge, g, gid, ports, remotes))
-        metrics.GROUPS.set(len(self._gids.items()))
 
     # ------------------------------------------------------------------ announcements
 
@@ -358,16 +360,16 @@ class MulticastAgent:
             self._send_to_nodes(records)
             self._send_upstream(records)
 
-    def _frames(self, records: list[GroupRecord]) -> list[bytes]:
+    def _frames(self, records: list[GroupRecord], mtu: int = UNDERLAY_MTU) -> list[bytes]:
         if not records:
             return []
-        return build_v3_reports(records, self.bridge.node_ip, self.bridge.node_mac)
+        return build_v3_reports(records, self.bridge.node_ip, self.bridge.node_mac, mtu=mtu)
 
     def _send_to_nodes(self, records: list[GroupRecord], only: str | None = None) -> None:
         if self.bridge.mode is not Mode.ENCAP or self.bridge.tunnel_port is None:
             return
         targets = [only] if only else sorted(self._nodes.values())
-        for frame in self._frames(records):
+        for frame in self._frames(records, mtu=UNDERLAY_MTU - TUNNEL_OVERHEAD):
             for ip in targets:
                 self._switch.packet_out(frame, (SetTunnelDst(ip), Output(self.bridge.tunnel_port)))
 

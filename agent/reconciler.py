@@ -20,6 +20,7 @@ import threading
 from collections.abc import Sequence
 from typing import Protocol
 
+from agent import metrics
 from agent.switchops import CookieDelete, SwitchOp
 from pipeline.cookies import round_cookie_mask, round_of
 from pipeline.diff import canonical, diff
@@ -112,7 +113,9 @@ class Reconciler:
             desired = canonical(self.desired(), self._pipeline)
             ops = self._diff(desired, self._installed)
             if ops:
-                self._switch.apply(ops)
+                with metrics.FLOW_OP_SECONDS.time():
+                    self._switch.apply(ops)
+                count_ops(ops)
                 log.info("reconciled: %d ops", len(ops))
             self._installed = desired
             self.last_ops = ops
@@ -134,13 +137,22 @@ class Reconciler:
         if self._round is not None:
             ops += [CookieDelete(*round_cookie_mask(r)) for r in old_rounds]
         adopted = {g.group_id for g in actual.groups} & {g.group_id for g in desired.groups}
-        self._switch.apply(ops)
+        with metrics.FLOW_OP_SECONDS.time():
+            self._switch.apply(ops)
+        count_ops(ops)
         self._installed = desired
         self.last_ops = ops
         log.info("synced with the switch for round %s: %d ops (found %d flows, %d groups; "
                  "%d groups adopted; old rounds %s)", self._round, len(ops), len(actual.flows),
                  len(actual.groups), len(adopted), old_rounds or "none")
         return ops
+
+
+def count_ops(ops: Sequence[SwitchOp]) -> None:
+    for op in ops:
+        kind = type(op).__name__.removesuffix("Op").lower()
+        command = getattr(op, "command", "delete")
+        metrics.FLOW_OPS.labels(kind=f"{kind}_{command}").inc()
 
 
 def _merge(index: dict, ident: object, owner: Key, item: object, what: str) -> None:

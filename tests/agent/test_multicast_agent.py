@@ -297,3 +297,20 @@ def test_restart_restores_members_from_the_switch_without_a_gap(env) -> None:
     clock.now += again.local.timers.membership_timeout_s + 1
     again.tick()
     assert send(switch, p1, G) == [UPLINK]
+
+
+def test_metrics_read_state_at_scrape_time(env) -> None:
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from agent.metrics import AgentCollector
+
+    agent, switch, _, (p1, p2, *_), _ = env
+    join_v3(agent, p2, G)
+    send(switch, p1, G)
+    registry = CollectorRegistry()
+    registry.register(AgentCollector(agent.members, agent.pod_stats))
+    text = generate_latest(registry).decode()
+    assert "kube_mcast_groups 1.0" in text
+    assert 'kube_mcast_members{kind="local"} 1.0' in text
+    assert 'kube_mcast_pod_inbound_packets_total{namespace="default",pod="p2"} 1.0' in text
+    assert 'kube_mcast_pod_outbound_packets_total{namespace="default",pod="p1"} 1.0' in text

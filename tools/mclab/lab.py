@@ -225,13 +225,15 @@ def require_lab() -> st.LabState:
 # ---------------------------------------------------------------------------- pods
 
 
-def _cni(node: st.NodeState, command: str, pod: st.PodState) -> dict:
+def _cni(lab: st.LabState, node: st.NodeState, command: str, pod: st.PodState) -> dict:
     netconf = {
         "cniVersion": "1.0.0",
         "name": "kube-mcast",
         "type": "mcast-cni",
         "agentSocket": node.api_socket,
         "txChecksumOffload": False,
+        # encap: the pod's datagrams must still fit the underlay's 1500 after VXLAN's 50 bytes
+        "mtu": 1450 if lab.mode == "encap" else 1500,
         "ipam": {
             "type": "host-local",
             "ranges": [[{"subnet": st.POD_NET, "rangeStart": f"10.77.{node.index}.2",
@@ -267,7 +269,7 @@ def pod_create(name: str, node_name: str, namespace: str, labels: dict[str, str]
                       container_id=uuid.uuid4().hex, ip="", labels=labels)
     netns.create(pod.netns)
     try:
-        result = _cni(node, "ADD", pod)
+        result = _cni(lab, node, "ADD", pod)
         pod.ip = result["ips"][0]["address"].split("/")[0]
     except BaseException:
         netns.delete(pod.netns)
@@ -282,7 +284,7 @@ def pod_delete(name: str, namespace: str) -> None:
     pod = lab.pod(name, namespace)
     if pod is None:
         raise LabError(f"pod {namespace}/{name} not found")
-    _cni(lab.node(pod.node), "DEL", pod)
+    _cni(lab, lab.node(pod.node), "DEL", pod)
     netns.delete(pod.netns)
     lab.pods.remove(pod)
     st.save(lab)
