@@ -6,6 +6,10 @@ path by which flows and groups reach the switch: features ``set``/``remove`` the
 (``pipeline.diff``) and applies the ops in one bundle. The cache changes only after the switch
 committed the bundle, so a failed flush is retried whole by the next one.
 
+Flushes are incremental: only keys changed since the last flush are diffed (their new states
+against what they installed), so one IGMP join costs the same with 10 groups or 10,000. An
+item two keys both want is owned by both: it is deleted only when neither wants it.
+
 ``startup`` runs on every (re)connection: it reads the switch back and reconciles against that
 instead of the cache. Flows already carry the new round's cookies, so flows with an unchanged
 (table, priority, match) are replaced in place (new cookie, counters kept), stale ones deleted,
@@ -54,6 +58,9 @@ class Reconciler:
         self._lock = threading.RLock()
         self._wanted: dict[Key, DesiredState] = {}
         self._installed: DesiredState | None = None  # unknown: the first flush reads the switch
+        self._by_key: dict[Key, _Index] = {}  # what each key has installed
+        self._owners: dict[tuple[str, object], set[Key]] = {}  # (kind, ident) -> keys
+        self._dirty: set[Key] = set()
         self._round: int | None = None
         self.last_ops: list[SwitchOp] = []
 
@@ -63,10 +70,12 @@ class Reconciler:
         """Replace what (feature, key) wants; takes effect at the next flush."""
         with self._lock:
             self._wanted[(feature, key)] = state
+            self._dirty.add((feature, key))
 
     def remove(self, feature: str, key: str) -> None:
         with self._lock:
-            self._wanted.pop((feature, key), None)
+            if self._wanted.pop((feature, key), None) is not None:
+                self._dirty.add((feature, key))
 
     def keys(self, feature: str | None = None) -> list[Key]:
         with self._lock:
@@ -93,6 +102,12 @@ class Reconciler:
     def installed(self) -> DesiredState | None:
         """What is on the switch as of the last successful flush (None: unknown)."""
         with self._lock:
+            if self._installed is _UNION_STALE:
+                self._installed = canonical(DesiredState(
+                    tuple(f for i in self._by_key.values() for f in i.flows.values()),
+                    tuple(g for i in self._by_key.values() for g in i.groups.values()),
+                    tuple(m for i in self._by_key.values() for m in i.meters.values())),
+                    self._pipeline)
             return self._installed
 
     # -- reconciling ----------------------------------------------------------------------------
@@ -110,16 +125,73 @@ class Reconciler:
         with self._lock:
             if self._installed is None:
                 return self._sync(self._switch.dump())
-            desired = canonical(self.desired(), self._pipeline)
-            ops = self._diff(desired, self._installed)
+            if not self._dirty:
+                self.last_ops = []
+                return []
+            dirty = sorted(self._dirty)
+            new = {k: _Index(canonical(self._wanted.get(k, _EMPTY), self._pipeline))
+                   for k in dirty}
+            want, have = self._dirty_union(new)
+            ops = self._diff(want, have)
             if ops:
                 with metrics.FLOW_OP_SECONDS.time():
                     self._switch.apply(ops)
                 count_ops(ops)
-                log.info("reconciled: %d ops", len(ops))
-            self._installed = desired
+                log.debug("reconciled %d keys: %d ops", len(dirty), len(ops))
+            for k, idx in new.items():
+                self._index(k, idx if k in self._wanted else None)
+            self._dirty.clear()
+            self._installed = None if self._installed is None else _UNION_STALE
             self.last_ops = ops
             return ops
+
+    def _index(self, key: Key, idx: _Index | None) -> None:
+        """Record what ``key`` has installed now (None: nothing) in the owner index."""
+        old = self._by_key.pop(key, None)
+        if old is not None:
+            for kind in _KINDS:
+                for ident in getattr(old, kind):
+                    owners = self._owners[(kind, ident)]
+                    owners.discard(key)
+                    if not owners:
+                        del self._owners[(kind, ident)]
+        if idx is not None:
+            self._by_key[key] = idx
+            for kind in _KINDS:
+                for ident in getattr(idx, kind):
+                    self._owners.setdefault((kind, ident), set()).add(key)
+
+    def _dirty_union(self, new: dict[Key, _Index]) -> tuple[DesiredState, DesiredState]:
+        """(want, have) over the items the dirty keys touch, with other keys' claims on them.
+
+        Raises ConflictError when two keys want one item differently.
+        """
+        want: dict[str, dict] = {"flows": {}, "groups": {}, "meters": {}}
+        have: dict[str, dict] = {"flows": {}, "groups": {}, "meters": {}}
+        owners: dict[str, dict] = {"flows": {}, "groups": {}, "meters": {}}
+        touched: dict[str, set] = {"flows": set(), "groups": set(), "meters": set()}
+        for k, idx in new.items():
+            old = self._by_key.get(k, _Index(_EMPTY))
+            for kind in want:
+                for ident, item in getattr(idx, kind).items():
+                    _merge(owners[kind], ident, k, item, kind[:-1])
+                    want[kind][ident] = item
+                for ident, item in getattr(old, kind).items():
+                    have[kind][ident] = item
+                touched[kind] |= getattr(idx, kind).keys() | getattr(old, kind).keys()
+        for kind in want:  # clean keys that share an item keep it alive
+            for ident in touched[kind]:
+                for k in self._owners.get((kind, ident), ()):
+                    if k in new:
+                        continue
+                    item = getattr(self._by_key[k], kind)[ident]
+                    _merge(owners[kind], ident, k, item, kind[:-1])
+                    want[kind][ident] = item
+                    have[kind].setdefault(ident, item)
+        return (DesiredState(tuple(want["flows"].values()), tuple(want["groups"].values()),
+                             tuple(want["meters"].values())),
+                DesiredState(tuple(have["flows"].values()), tuple(have["groups"].values()),
+                             tuple(have["meters"].values())))
 
     def startup(self, round_: int) -> list[SwitchOp]:
         """After a (re)connect: adopt the switch's content for the new round, without a gap."""
@@ -141,11 +213,32 @@ class Reconciler:
             self._switch.apply(ops)
         count_ops(ops)
         self._installed = desired
+        self._by_key, self._owners = {}, {}
+        for k, st in self._wanted.items():
+            self._index(k, _Index(canonical(st, self._pipeline)))
+        self._dirty.clear()
         self.last_ops = ops
         log.info("synced with the switch for round %s: %d ops (found %d flows, %d groups; "
                  "%d groups adopted; old rounds %s)", self._round, len(ops), len(actual.flows),
                  len(actual.groups), len(adopted), old_rounds or "none")
         return ops
+
+
+class _Index:
+    """One key's installed state, by identity: flow key, group id, meter id."""
+
+    __slots__ = ("flows", "groups", "meters")
+
+    def __init__(self, state: DesiredState) -> None:
+        self.flows = {f.key: f for f in state.flows}
+        self.groups = {g.group_id: g for g in state.groups}
+        self.meters = {m.meter_id: m for m in state.meters}
+
+
+_KINDS = ("flows", "groups", "meters")
+_EMPTY = DesiredState()
+_UNION_STALE = DesiredState(flows=(), groups=(), meters=())
+"""Marker: the union of what keys installed must be recomputed before it is read."""
 
 
 def count_ops(ops: Sequence[SwitchOp]) -> None:
