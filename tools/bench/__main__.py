@@ -1,0 +1,193 @@
+"""``python -m tools.bench [--quick] [--out FILE]``: measure the real parts, write JSON, summarise.
+
+Sections, in the order they run:
+1. ``programming``: builders -> diff -> OpenFlowSwitch.apply into a private ovs-vswitchd;
+2. ``join_latency``: join() -> first datagram through the whole product (1-node lab);
+3. ``throughput``: 1 sender -> 4/8 receivers on one node, then 1 local + 2 remote receivers
+   in a 3-node lab (encap);
+4. ``agent_scale``: agent RSS, idle CPU and API listing time as one pod joins many groups.
+
+Sections 2, 3 (single node) and 4 share one ``mclab up --nodes 1`` lab; the cross-node part
+brings up a 3-node lab after it is gone. Every lab and netns uses a prefix of this run's own
+(``kbx<hex>``), and is torn down whatever happens (also on Ctrl-C / SIGTERM). A section that
+fails is recorded as ``{"error": ...}`` and the run goes on; the exit status is then 1.
+``--quick`` uses smaller sizes and shorter points (< 2 minutes in all); the figures are the
+same kind, only noisier.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shutil
+import signal
+import sys
+import time
+import traceback
+import uuid
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from tools.bench import joinlat, programming, report, scale, throughput
+from tools.bench.lab import BenchLab
+
+log = logging.getLogger("tools.bench")
+
+DEFAULT_OUT = Path(__file__).with_name("results") / "latest.json"
+SECTIONS = ("programming", "join_latency", "throughput", "agent_scale")
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Sizes of one run."""
+
+    prog_sizes: tuple[int, ...]
+    prog_changes: int
+    join_reps: int
+    tp_duration_s: float
+    tp_reps: int
+    scale_groups: int
+    scale_entries: int
+    scale_idle_s: float
+    scale_timeout_s: float
+    scale_cycles: int
+    tp_counts: tuple[int, ...] = (4, 8)
+    tp_rates: tuple[int, ...] = (10_000, 20_000, 40_000)
+    cross_rates: tuple[int, ...] = (10_000, 20_000)
+
+
+QUICK = Plan(prog_sizes=(1000,), prog_changes=20, join_reps=10, tp_duration_s=1.0, tp_reps=1,
+             scale_groups=500, scale_entries=2000, scale_idle_s=1.5, scale_timeout_s=60,
+             scale_cycles=0)
+FULL = Plan(prog_sizes=(1000, 10_000), prog_changes=100, join_reps=30, tp_duration_s=3.0,
+            tp_reps=3, scale_groups=1000, scale_entries=10_000, scale_idle_s=5.0,
+            scale_timeout_s=300, scale_cycles=2)
+
+
+@dataclass(frozen=True)
+class Run:
+    """What every section of one run shares."""
+
+    plan: Plan
+    tag: str
+    settle_s: float
+
+    @property
+    def marker(self) -> str:
+        return f"kbx{self.tag}"
+
+
+def _guarded(run: Run, results: dict[str, Any], key: str,
+             fn: Callable[[], dict[str, Any]]) -> None:
+    """Run one section into ``results[key]``; an exception becomes ``{"error": ...}``."""
+    before = report.load_now(run.marker, run.settle_s)
+    log.info("section %s (host %s%% busy) ...", key, before["busy_pct_1s"])
+    t0 = time.monotonic()
+    try:
+        out = fn()
+    except Exception as exc:  # noqa: BLE001 - recorded, the other sections still run
+        log.error("section %s failed: %s", key, exc)
+        out = {"error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()}
+    out["section_s"] = round(time.monotonic() - t0, 1)
+    out["host_before"] = before
+    results[key] = out
+
+
+def _lab_sections(run: Run, results: dict[str, Any], wanted: set[str]) -> None:
+    plan = run.plan
+    if wanted & {"join_latency", "throughput", "agent_scale"}:
+        with BenchLab(run.tag, 1) as lab:
+            results.setdefault("labs", {})["one_node_up_s"] = lab.up_s
+            if "join_latency" in wanted:
+                _guarded(run, results, "join_latency", lambda: joinlat.run(lab, plan.join_reps))
+            if "throughput" in wanted:
+                _guarded(run, results, "throughput", lambda: {
+                    "single_node": throughput.run_local(lab, plan.tp_counts, plan.tp_rates,
+                                                        plan.tp_duration_s, plan.tp_reps)})
+            if "agent_scale" in wanted:
+                _guarded(run, results, "agent_scale", lambda: scale.run(
+                    lab, plan.scale_groups, plan.scale_entries, plan.scale_idle_s,
+                    plan.scale_timeout_s, plan.scale_cycles))
+    if "throughput" in wanted:
+        def cross() -> dict[str, Any]:
+            with BenchLab(run.tag, 3) as lab3:
+                results.setdefault("labs", {})["three_node_up_s"] = lab3.up_s
+                return throughput.run_cross(lab3, plan.cross_rates, plan.tp_duration_s,
+                                            plan.tp_reps)
+
+        holder: dict[str, Any] = {}
+        _guarded(run, holder, "cross_node", cross)
+        results.setdefault("throughput", {})["cross_node"] = holder["cross_node"]
+
+
+def run_all(plan: Plan, mode: str, wanted: set[str], settle_s: float = 0.0) -> dict[str, Any]:
+    run = Run(plan, uuid.uuid4().hex[:6], settle_s)
+    started = time.time()
+    results: dict[str, Any] = {"meta": {
+        "tool": "python -m tools.bench", "mode": mode, "run_tag": run.marker,
+        "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
+        "plan": asdict(plan), "environment": report.environment(run.marker)}}
+    if "programming" in wanted:
+        workdir = Path(f"/tmp/{run.marker}-prog")
+        try:
+            _guarded(run, results, "programming", lambda: programming.run(
+                plan.prog_sizes, plan.prog_changes, f"{run.marker}-ovs", workdir))
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
+    _lab_sections(run, results, wanted)
+    results["meta"]["duration_s"] = round(time.time() - started, 1)
+    results["meta"]["host_after"] = report.load_now(run.marker)
+    return results
+
+
+def _errors(results: dict[str, Any]) -> list[str]:
+    found = [k for k in SECTIONS if isinstance(results.get(k), dict) and "error" in results[k]]
+    cross = results.get("throughput", {}).get("cross_node", {})
+    if isinstance(cross, dict) and "error" in cross:
+        found.append("throughput.cross_node")
+    return found
+
+
+def _on_sigterm(signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")  # unwinds every lab's ``with`` block
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m tools.bench", description=__doc__.split("\n")[0])
+    p.add_argument("--quick", action="store_true", help="smaller sizes, < 2 minutes")
+    p.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"default {DEFAULT_OUT}")
+    p.add_argument("--sections", default=",".join(SECTIONS),
+                   help=f"comma-separated subset of {','.join(SECTIONS)}")
+    p.add_argument("--settle", type=float, default=0.0, metavar="S",
+                   help="before each section wait up to S seconds for the host to be < 30%% "
+                        "busy (other labs share the CPUs)")
+    p.add_argument("-v", "--verbose", action="store_true")
+    args = p.parse_args(argv)
+    wanted = {s.strip() for s in args.sections.split(",") if s.strip()}
+    unknown = wanted - set(SECTIONS)
+    if unknown:
+        p.error(f"unknown sections {sorted(unknown)}")
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("agent").setLevel(logging.ERROR)  # the in-process switch's chatter
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    results = run_all(QUICK if args.quick else FULL, "quick" if args.quick else "full", wanted,
+                      args.settle)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = args.out.with_suffix(".tmp")
+    tmp.write_text(json.dumps(results, indent=1) + "\n")
+    tmp.replace(args.out)
+    print("\n".join(report.summary_lines(results)))
+    print(f"results: {args.out}")
+    errors = _errors(results)
+    if errors:
+        print(f"sections with errors: {', '.join(errors)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

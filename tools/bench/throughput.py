@@ -1,0 +1,176 @@
+"""Section 3: multicast throughput through our pipeline (agent-programmed groups in OVS).
+
+Single node: 1 sender pod -> 4 and 8 receiver pods, paced at 10k / 20k / 40k pps (200-byte
+datagrams, like NOTES §C4). Cross-node (3-node lab, VXLAN encap): 1 sender -> 1 local + 2
+remote receivers at 10k / 20k pps.
+
+Per point: a fresh group; the receivers join (``podtool recv``) and the agent(s) must list
+them as members before the sender starts, so every datagram counts. Figures per point:
+datagrams sent and the rate achieved, delivered pps per receiver and in total, loss
+(1 - distinct datagrams received / sent) per receiver (worst and mean), one-way delay p50/p99,
+and the CPU share of ovs-vswitchd and of the agent on the sender's node during the point.
+"""
+
+from __future__ import annotations
+
+import logging
+import statistics
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from tools.bench.common import BenchError, CpuMeter, wait_for
+from tools.bench.lab import BenchLab, Pod, result
+
+log = logging.getLogger(__name__)
+
+PORT = 5002
+SIZE = 200
+SUMMARY_KEYS = ("sent_pps", "delivered_total_pps", "delivered_pps_per_receiver_mean",
+                "loss_pct_max", "loss_pct_mean", "loss_pct_by_node", "lost_before_ovs_pct",
+                "owd_ms_p50", "owd_ms_p99_max", "vswitchd_cpu_pct", "vswitchd_cpu_us_per_packet",
+                "agent_cpu_pct")
+BASELINE = {"group_table_8rx_40k_loss_pct": [0.1, 0.1, 0.4],
+            "max_lossless_total_pps": 320_000,
+            "note": "NOTES §C4: ~320k pps delivered in total without loss (40k x 8, 80k x 4)"}
+
+
+def _point(lab: BenchLab, sender: Pod, receivers: Sequence[Pod], group: str, pps: int,
+           duration: float) -> dict[str, Any]:
+    ready_dir = lab.dir / "bench-ready"
+    ready_dir.mkdir(parents=True, exist_ok=True)
+    readies = [ready_dir / f"{group}-{r.name}" for r in receivers]
+    procs = [lab.podtool(r, "recv", group, str(PORT), "--duration", str(duration + 20),
+                         "--idle", "1.0", "--ready", str(f))
+             for r, f in zip(receivers, readies, strict=True)]
+    wait_for(lambda: all(f.exists() for f in readies), 15, f"receivers of {group} to join")
+    by_node: dict[str, int] = {}
+    for r in receivers:
+        by_node[r.node] = by_node.get(r.node, 0) + 1
+    remote = sum(1 for n in by_node if n != sender.node)
+    for node, count in by_node.items():
+        lab.wait_members(node, group, local=count)
+    lab.wait_members(sender.node, group, local=by_node.get(sender.node, 0), remote=remote)
+    nodes = sorted({sender.node, *by_node})
+    for node in nodes:
+        lab.appctl(node, "dpif-netdev/pmd-stats-clear")
+    ovs = CpuMeter(lab.vswitchd_pid(sender.node))
+    agent = CpuMeter(lab.agent_pid(sender.node))
+    tx = lab.podtool_run(sender, "send", group, str(PORT), "--pps", str(pps), "--duration",
+                         str(duration), "--size", str(SIZE), timeout=duration + 30)
+    ovs_pct, agent_pct, ovs_cpu_s = ovs.percent(), agent.percent(), ovs.seconds()
+    dps = {n: datapath_stats(lab.appctl(n, "dpif-netdev/pmd-stats-show")) for n in nodes}
+    dp = dps[sender.node]
+    actions = megaflow_actions(lab.appctl(sender.node, "dpctl/dump-flows"), group)
+    rx = [result(p, duration + 30) for p in procs]
+    sent, secs = tx["sent"], tx["secs"]
+    per = []
+    for r, got in zip(receivers, rx, strict=True):
+        per.append({"pod": r.name, "node": r.node, "received": got["n"],
+                    "distinct": got["distinct"],
+                    "loss_pct": round(100 * (1 - got["distinct"] / sent), 3) if sent else None,
+                    "delivered_pps": round(got["distinct"] / secs, 1) if secs else 0,
+                    "owd_ms_p50": got.get("owd_ms_p50"), "owd_ms_p99": got.get("owd_ms_p99")})
+    losses = [p["loss_pct"] for p in per if p["loss_pct"] is not None]
+    p50s = [p["owd_ms_p50"] for p in per if p["owd_ms_p50"] is not None]
+    p99s = [p["owd_ms_p99"] for p in per if p["owd_ms_p99"] is not None]
+    return {
+        "receivers": len(receivers), "target_pps": pps, "group": group,
+        "sent": sent, "sent_pps": tx["pps"], "enobufs": tx.get("enobufs", 0),
+        "delivered_total_pps": round(sum(p["delivered_pps"] for p in per), 1),
+        "delivered_pps_per_receiver_mean": round(
+            statistics.fmean(p["delivered_pps"] for p in per), 1),
+        "loss_pct_max": max(losses) if losses else None,
+        "loss_pct_by_node": {n: max(p["loss_pct"] for p in per if p["node"] == n)
+                             for n in sorted(by_node)} if sent else None,
+        "loss_pct_mean": round(statistics.fmean(losses), 3) if losses else None,
+        "owd_ms_p50": round(statistics.median(p50s), 3) if p50s else None,
+        "owd_ms_p99_max": max(p99s) if p99s else None,
+        "vswitchd_cpu_pct": ovs_pct, "agent_cpu_pct": agent_pct,
+        # Packets the sender's ovs-vswitchd read (every port, so a few IGMP/ND frames too):
+        # what is missing from ``sent`` was lost before OVS, in the socket it polls.
+        "ovs_received": dp.get("packets received"),
+        "lost_before_ovs_pct": max(0.0, round(100 * (1 - dp["packets received"] / sent), 3))
+        if sent and "packets received" in dp else None,
+        "vswitchd_cpu_us_per_packet": round(1e6 * ovs_cpu_s / dp["packets received"], 1)
+        if dp.get("packets received") else None,
+        "megaflow_actions": actions,
+        "datapath_by_node": dps,
+        "per_receiver": per,
+    }
+
+
+def datapath_stats(text: str) -> dict[str, float]:
+    """The counters of ``dpif-netdev/pmd-stats-show`` (all threads summed)."""
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        key, sep, value = line.strip().partition(":")
+        if not sep:
+            continue
+        try:
+            num = float(value.split()[0])
+        except (ValueError, IndexError):
+            continue
+        if key.startswith("avg."):
+            out[key] = num
+        else:
+            out[key] = out.get(key, 0) + num
+    return out
+
+
+def megaflow_actions(text: str, group: str) -> list[str]:
+    """The datapath actions of the megaflows for traffic to ``group`` (what OVS executes
+    per packet once the pipeline has been translated)."""
+    return [line.rsplit("actions:", 1)[1] for line in text.splitlines()
+            if f"dst={group}," in line and "actions:" in line]
+
+
+def _series(lab: BenchLab, sender: Pod, receivers: Sequence[Pod], rates: Sequence[int],
+            duration: float, reps: int, tag: int) -> list[dict[str, Any]]:
+    """Each rate ``reps`` times (fresh group each); the median rep by worst loss is the figure,
+    every rep is kept."""
+    points = []
+    for j, pps in enumerate(rates):
+        runs = []
+        for r in range(reps):
+            group = f"239.202.{tag}.{j * 20 + r + 1}"
+            try:
+                runs.append(_point(lab, sender, receivers, group, pps, duration))
+            except BenchError as exc:
+                log.warning("throughput point %s at %d pps: %s", group, pps, exc)
+                runs.append({"receivers": len(receivers), "target_pps": pps, "error": str(exc)})
+            lab.stop_all()
+            time.sleep(0.3)
+        good = sorted((p for p in runs if "error" not in p), key=lambda p: p["loss_pct_max"])
+        point: dict[str, Any] = {"receivers": len(receivers), "target_pps": pps,
+                                 "reps": len(runs), "ok": len(good)}
+        if good:
+            median = good[(len(good) - 1) // 2]
+            point.update({k: median[k] for k in SUMMARY_KEYS})
+            point["loss_pct_max_all"] = [p["loss_pct_max"] for p in good]
+            point["delivered_total_pps_all"] = [p["delivered_total_pps"] for p in good]
+        point["runs"] = runs
+        points.append(point)
+    return points
+
+
+def run_local(lab: BenchLab, counts: Sequence[int], rates: Sequence[int], duration: float,
+              reps: int) -> dict[str, Any]:
+    """One node: 1 sender -> each receiver count in ``counts``, at each rate."""
+    sender = lab.pod("tp-tx")
+    pool = [lab.pod(f"tp-rx{i}") for i in range(1, max(counts) + 1)]
+    series = {f"{k}_receivers": _series(lab, sender, pool[:k], rates, duration, reps, tag=k)
+              for k in counts}
+    return {"duration_s": duration, "reps": reps, "payload_bytes": SIZE, "rates_pps": list(rates),
+            "series": series, "baseline_notes_c4": BASELINE}
+
+
+def run_cross(lab: BenchLab, rates: Sequence[int], duration: float,
+              reps: int) -> dict[str, Any]:
+    """Three nodes (encap): sender on node1 -> 1 receiver on node1, one each on node2, node3."""
+    sender = lab.pod("x-tx", "node1")
+    receivers = [lab.pod("x-rx1", "node1"), lab.pod("x-rx2", "node2"), lab.pod("x-rx3", "node3")]
+    points = _series(lab, sender, receivers, rates, duration, reps, tag=100)
+    return {"duration_s": duration, "reps": reps, "payload_bytes": SIZE, "encap": "vxlan",
+            "layout": "sender node1 -> rx node1 (local), node2, node3 (remote)",
+            "rates_pps": list(rates), "points": points}
