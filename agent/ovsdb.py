@@ -34,6 +34,9 @@ PROTOCOLS = ("OpenFlow13", "OpenFlow15")
 TABLES = ("Open_vSwitch", "Bridge", "Port", "Interface", "Controller", "Flow_Table")
 
 
+CONTROLLER_MAX_BACKOFF_MS = 1000
+
+
 class OvsdbError(RuntimeError):
     """An OVSDB operation failed; the message names the object."""
 
@@ -252,10 +255,14 @@ class Ovsdb:
         if len(ctls) == 1 and ctls[0].target == target:
             # Same target: adjust in place. Replacing the row would flush the bridge's flows.
             w.set(ctls[0], "connection_mode", "out-of-band")
+            w.set(ctls[0], "max_backoff", CONTROLLER_MAX_BACKOFF_MS)
             return
         ctl = w.insert("Controller")
         ctl.target = target
         ctl.connection_mode = "out-of-band"
+        # The agent is local: a restarted agent should be reconnected within a second, not
+        # after OVS's default backoff of up to 8 s.
+        ctl.max_backoff = CONTROLLER_MAX_BACKOFF_MS
         br.controller = [ctl]
 
     def set_table_names(self, bridge: str, pipeline: Pipeline) -> None:

@@ -12,6 +12,7 @@ import time
 from typing import TYPE_CHECKING
 
 import pytest
+from conftest import MCPROBE, PYTHON
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -291,3 +292,31 @@ def test_exec_passes_exit_code_through(lab: Lab) -> None:
     assert lab.exec(pod, "true").returncode == 0
     ip = lab.exec(pod, "ip", "-4", "-o", "addr", "show", "eth0").stdout
     assert pod.ip in ip, ip  # it really runs inside the pod
+
+
+def test_agent_restart_swaps_rounds_without_a_traffic_gap(lab: Lab) -> None:
+    """A new agent installs its round over the old one's flows and deletes the old round:
+    a stream that runs through the restart loses nothing, and pods stay members."""
+    g, port, count, pps = "239.10.9.1", 5109, 1200, 200.0
+    snd = lab.create_pod("t9-snd", NODE)
+    rcv = lab.create_pod("t9-rcv", NODE)
+    rx = lab.start_receiver(rcv, g, port)
+    rx.wait_ready()
+    lab.wait_members(NODE, g, [rcv], exact=True)
+
+    def rounds() -> set[int]:
+        dump = lab.ofctl(NODE, "dump-flows", "br-int")
+        return {int(c, 16) >> 48 for c in re.findall(r"cookie=(0x[0-9a-f]+)", dump)}
+
+    (before,) = rounds()
+    sender = lab.popen(snd, PYTHON, MCPROBE, "send", g, str(port), "--count",
+                       str(count), "--pps", str(pps))
+    time.sleep(1.0)  # the stream is flowing when the agent goes away
+    lab.mclab("agent", "restart", NODE)
+    assert sender.wait(timeout=count / pps + 30) == 0, sender.stderr.read()
+    rx.wait_count(count, timeout=15)
+    _quiet()
+    got = rx.stop()
+    assert got["n"] == count and got["distinct"] == count, got
+    assert rounds() == {before + 1}  # new round in, old round out
+    lab.wait_members(NODE, g, [rcv], exact=True)

@@ -5,6 +5,7 @@
     mclab pod delete NAME [-n NAMESPACE]
     mclab external create NAME | mclab external delete NAME
     mclab exec NAME [-n NAMESPACE] -- CMD [ARGS...]
+    mclab agent restart NODE
     mclab status
     mclab down
 
@@ -83,6 +84,10 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("-n", "--namespace", default=None)
     # Filled by main() (_split_exec): REMAINDER would swallow the -n that follows NAME.
     ex.add_argument("command", nargs="*", help=argparse.SUPPRESS)
+
+    ag = sub.add_parser("agent", help="restart a node's agent (flows stay; no traffic gap)")
+    ag_sub = ag.add_subparsers(dest="agent_cmd", required=True)
+    ag_sub.add_parser("restart").add_argument("node")
 
     sub.add_parser("status", help="nodes, pods, agents and their health")
     sub.add_parser("down", help="remove every namespace, process and file of the lab")
@@ -163,6 +168,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"lab up: {len(lab.nodes)} node(s), mode {lab.mode}")
         elif args.cmd == "down":
             L.down()
+        elif args.cmd == "agent":
+            L.restart_agent(args.node)
         elif args.cmd == "status":
             return _status()
         elif args.cmd == "pod" and args.pod_cmd == "create":

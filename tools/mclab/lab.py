@@ -137,6 +137,16 @@ def stop_agent(node: st.NodeState) -> None:
         node.agent_pid = 0
 
 
+def restart_agent(node_name: str) -> None:
+    """Stop a node's agent and start a new one, as a DaemonSet rollout would."""
+    lab = require_lab()
+    node = lab.node(node_name)
+    stop_agent(node)
+    start_agent(lab, node)
+    st.save(lab)
+    announce_nodes(lab)
+
+
 def _tail(path: Path, lines: int = 30) -> str:
     try:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
