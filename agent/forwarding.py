@@ -6,8 +6,10 @@ keys an event touched; tests call them to feed the fake table and check delivery
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import ipaddress
+from collections.abc import Callable, Iterable, Mapping
 
+from agent.igmp.membership import FilterMode, SourceFilter
 from pipeline import multicast as mc
 from pipeline.model import DesiredState
 
@@ -35,10 +37,33 @@ def node_state(cfg: mc.BridgeConfig, node_ip: str) -> DesiredState:
     return DesiredState(flows=tuple(mc.node_flows(cfg, node_ip)))
 
 
-def group_state(cfg: mc.BridgeConfig, group_ip: str, group_id: int, local_ports: Iterable[int],
-                remote_nodes: Iterable[str]) -> DesiredState:
-    """Route flow and replication group of one multicast group with members somewhere."""
-    return DesiredState(
-        flows=(mc.route_flow(cfg, group_ip, group_id),),
-        groups=(mc.multicast_group(cfg, group_id, local_ports, remote_nodes),),
-    )
+def group_state(cfg: mc.BridgeConfig, group_ip: str, group_ids: Callable[[str | None], int],
+                local: Mapping[int, SourceFilter], remote_nodes: Iterable[str]) -> DesiredState:
+    """Route flows and replication groups of one multicast group with members somewhere.
+
+    ``local`` maps member pod ports to their IGMPv3 source filter. Members that take any
+    source not listed by anyone (EXCLUDE mode) and all remote nodes get the (*, G) group; every
+    source some member lists gets an (S, G) flow and group with exactly the members that admit
+    it, unless that set is the (*, G) one. ``group_ids(None)`` / ``group_ids(S)`` give the ids.
+    """
+    remotes = sorted(set(remote_nodes), key=_ip_int)
+    any_ports = sorted(p for p, f in local.items() if f.mode is FilterMode.EXCLUDE)
+    flows, groups = [], []
+    star = bool(any_ports or remotes)
+    if star:
+        gid = group_ids(None)
+        flows.append(mc.route_flow(cfg, group_ip, gid))
+        groups.append(mc.multicast_group(cfg, gid, any_ports, remotes))
+    listed = sorted({s for f in local.values() for s in f.sources}, key=_ip_int)
+    for source in listed:
+        ports = sorted(p for p, f in local.items() if f.admits(source))
+        if (star and ports == any_ports) or not (ports or star):
+            continue  # the (*, G) flow, or the default to external, already does exactly this
+        gid = group_ids(source)
+        flows.append(mc.source_route_flow(cfg, source, group_ip, gid))
+        groups.append(mc.multicast_group(cfg, gid, ports, remotes))
+    return DesiredState(flows=tuple(flows), groups=tuple(groups))
+
+
+def _ip_int(ip: str) -> int:
+    return int(ipaddress.IPv4Address(ip))

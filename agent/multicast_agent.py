@@ -19,7 +19,7 @@ from agent import forwarding as fw
 from agent import metrics
 from agent.config import AgentConfig
 from agent.groupids import GroupIdAllocator
-from agent.igmp.membership import Membership, Timers
+from agent.igmp.membership import ANY_SOURCE, Membership, Timers
 from agent.igmp.packets import (
     GroupRecord,
     LeaveV2,
@@ -112,6 +112,7 @@ class MulticastAgent:
         self._querier = Querier.from_timers(timers, cfg.query_versions, start_s=clock())
         self._next_refresh = clock()
         self._gids = GroupIdAllocator()
+        self._group_keys: dict[str, set[str]] = {}  # group -> its allocator keys ((*,G), (S,G))
         self._pods: dict[str, PodInfo] = {}
         self._by_port: dict[int, PodInfo] = {}
         self._nodes: dict[str, str] = {}  # other nodes: name -> IP
@@ -151,8 +152,9 @@ class MulticastAgent:
         restored: set[str] = set()
         for flow in found.flows:
             dst = flow.match.get("ipv4_dst")
-            if flow.table != layout.ROUTING or dst is None or dst.mask is not None:
-                continue
+            if (flow.table != layout.ROUTING or dst is None or dst.mask is not None
+                    or flow.match.get("ipv4_src") is not None):
+                continue  # (S, G) flows come back from the members' next reports
             gid = next((a.group_id for a in flow.actions if isinstance(a, GroupAction)), None)
             group = groups.get(gid) if gid is not None else None
             if group is None or not group.buckets:
@@ -168,6 +170,7 @@ class MulticastAgent:
                 elif tun is not None:
                     self.remote.apply(now, tun, ReportV3((GroupRecord(RecordType.IS_EX, g),)))
             self._gids.adopt(g, group.group_id)
+            self._group_keys[g] = {g}
             restored.add(g)
         self._sync_groups(restored)
         self._announced = set(self.local.groups())
@@ -325,15 +328,28 @@ class MulticastAgent:
 
     def _sync_groups(self, groups: Iterable[str]) -> None:
         for g in groups:
-            ports = sorted(self._pods[m[1]].ofport for m in self.local.members(g)
-                           if m[1] in self._pods)
+            local = {self._pods[m[1]].ofport: f for m, f in self.local.members(g).items()
+                     if m[1] in self._pods}
             remotes = sorted(self.remote.members(g)) if self.bridge.mode is Mode.ENCAP else []
-            if not ports and not remotes:
+            used: set[str] = set()
+
+            def gid_of(source: str | None, g: str = g, used: set[str] = used) -> int:
+                key = g if source is None else f"{g}/{source}"
+                used.add(key)
+                return self._gids.allocate(key)
+
+            state = (fw.group_state(self.bridge, g, gid_of, local, remotes)
+                     if local or remotes else None)
+            if state is None or not state.flows:
                 self._rec.remove(fw.GROUP, g)
-                self._gids.release(g)
-                continue
-            gid = self._gids.allocate(g)
-            self._rec.set(fw.GROUP, g, fw.group_state(self.bridge, g, gid, ports, remotes))
+            else:
+                self._rec.set(fw.GROUP, g, state)
+            for key in self._group_keys.get(g, set()) - used:
+                self._gids.release(key)
+            if used:
+                self._group_keys[g] = used
+            else:
+                self._group_keys.pop(g, None)
 
     # ------------------------------------------------------------------ announcements
 
@@ -422,10 +438,13 @@ class MulticastAgent:
         with self._lock:
             out = []
             for g in sorted(self.local.groups() | self.remote.groups()):
-                pods = sorted(self._pods[m[1]].namespace + "/" + self._pods[m[1]].name
-                              for m in self.local.members(g) if m[1] in self._pods)
-                out.append({"group": g, "localPods": pods,
-                            "remoteNodes": sorted(self.remote.members(g))})
+                local = {f"{p.namespace}/{p.name}": f for m, f in self.local.members(g).items()
+                         if (p := self._pods.get(m[1])) is not None}
+                filters = {ref: {"mode": f.mode.value, "sources": sorted(f.sources)}
+                           for ref, f in sorted(local.items()) if f != ANY_SOURCE}
+                out.append({"group": g, "localPods": sorted(local),
+                            "remoteNodes": sorted(self.remote.members(g)),
+                            "sourceFilters": filters})
             return out
 
     def pod_stats(self) -> list[dict]:
@@ -459,5 +478,5 @@ class MulticastAgent:
     def health(self) -> dict:
         with self._lock:
             return {"node": self.cfg.node_name, "mode": str(self.bridge.mode),
-                    "pods": len(self._pods), "groups": len(self._gids.items()),
+                    "pods": len(self._pods), "groups": len(self._group_keys),
                     "nodes": sorted(self._nodes)}

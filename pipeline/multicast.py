@@ -312,6 +312,22 @@ def route_flow(cfg: BridgeConfig, group_ip: str, group_id: int) -> Flow:
     )
 
 
+def source_route_flow(cfg: BridgeConfig, source_ip: str, group_ip: str, group_id: int) -> Flow:
+    """Traffic from S to G goes to the (S, G) group: IGMPv3 receivers that filter by source.
+
+    It beats the (*, G) route flow; its group holds the members that admit S.
+    """
+    if not ipaddress.IPv4Address(group_ip).is_multicast:
+        raise ValueError(f"{group_ip} is not a multicast address")
+    return _flow(
+        layout.ROUTING,
+        priorities.SOURCE_SPECIFIC,
+        Match.of(eth_type=ETH_TYPE_IP, ipv4_src=source_ip, ipv4_dst=group_ip),
+        (GroupAction(group_id),),
+        cfg.cookie(Category.GROUP, group_id),
+    )
+
+
 def query_group(pod_ports: Iterable[int]) -> Group:
     """Floods an agent-built query to every local pod (the group the query flow uses)."""
     buckets = tuple(Bucket((Output(p),)) for p in sorted(set(pod_ports)))

@@ -314,3 +314,49 @@ def test_metrics_read_state_at_scrape_time(env) -> None:
     assert 'kube_mcast_members{kind="local"} 1.0' in text
     assert 'kube_mcast_pod_inbound_packets_total{namespace="default",pod="p2"} 1.0' in text
     assert 'kube_mcast_pod_outbound_packets_total{namespace="default",pod="p1"} 1.0' in text
+
+
+def send_from(switch: FakeTableSwitch, pod, source: str, group: str) -> list[int]:
+    """A packet to ``group`` from ``pod``'s port carrying source address ``source``."""
+    t = switch.table.process(Packet(pod.ofport, pod.mac, "01:00:5e:01:01:01", source, group, 17))
+    return sorted(d.port for d in t.deliveries)
+
+
+def test_igmpv3_source_filters_are_enforced_in_the_data_plane(env) -> None:
+    agent, switch, _, (p1, p2, p3, p4), _ = env
+    s1, s2 = "10.77.1.2", "10.99.0.9"  # p1's own address and another source
+    ssm = [(p2, RecordType.ALLOW, (s1,)), (p3, RecordType.TO_EX, ()),
+           (p4, RecordType.TO_EX, (s1,))]
+    for pod, kind, sources in ssm:  # p2: INCLUDE{s1}, p3: any source, p4: EXCLUDE{s1}
+        (frame,) = build_v3_reports([GroupRecord(kind, G, sources)], pod.ip, pod.mac)
+        agent.handle_packet_in(PI(pod.ofport, bytes([PuntReason.IGMP_POD]), frame))
+    assert send_from(switch, p1, s1, G) == [p2.ofport, p3.ofport, UPLINK]
+    assert send_from(switch, p1, s2, G) == [p3.ofport, p4.ofport, UPLINK]
+    (row,) = agent.members()
+    assert row["sourceFilters"] == {"default/p2": {"mode": "include", "sources": [s1]},
+                                    "default/p4": {"mode": "exclude", "sources": [s1]}}
+    # p2 drops s1 (BLOCK empties its INCLUDE set: it leaves), p3 leaves: p4 alone, still
+    # excluding s1, which now only reaches external receivers
+    for pod, kind, sources in [(p2, RecordType.BLOCK, (s1,)), (p3, RecordType.TO_IN, ())]:
+        (frame,) = build_v3_reports([GroupRecord(kind, G, sources)], pod.ip, pod.mac)
+        agent.handle_packet_in(PI(pod.ofport, bytes([PuntReason.IGMP_POD]), frame))
+    switch.packet_outs.clear()
+    _, _, clock, *_ = env
+    clock.now += agent.local.timers.last_member_query_time_s + 0.1
+    agent.tick()
+    assert send_from(switch, p1, s1, G) == [UPLINK]
+    assert send_from(switch, p1, s2, G) == [p4.ofport, UPLINK]
+    # an INCLUDE-only group: other sources are not steered to the member at all
+    (frame,) = build_v3_reports([GroupRecord(RecordType.ALLOW, G2, (s2,))], p3.ip, p3.mac)
+    agent.handle_packet_in(PI(p3.ofport, bytes([PuntReason.IGMP_POD]), frame))
+    assert send_from(switch, p1, s2, G2) == [p3.ofport, UPLINK]
+    assert send_from(switch, p1, s1, G2) == [UPLINK]
+    # s1 must be steered away from p4 by its own (S, G) flow; when p4 leaves, every id of G
+    # is given back
+    assert set(agent._gids.items()) == {G, f"{G}/{s1}", f"{G2}/{s2}"}
+    (frame,) = build_v3_reports([GroupRecord(RecordType.TO_IN, G, ())], p4.ip, p4.mac)
+    agent.handle_packet_in(PI(p4.ofport, bytes([PuntReason.IGMP_POD]), frame))
+    clock.now += agent.local.timers.last_member_query_time_s + 0.1
+    agent.tick()
+    assert set(agent._gids.items()) == {f"{G2}/{s2}"}
+    assert send_from(switch, p1, s2, G) == [UPLINK]

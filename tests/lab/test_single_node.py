@@ -320,3 +320,27 @@ def test_agent_restart_swaps_rounds_without_a_traffic_gap(lab: Lab) -> None:
     assert got["n"] == count and got["distinct"] == count, got
     assert rounds() == {before + 1}  # new round in, old round out
     lab.wait_members(NODE, g, [rcv], exact=True)
+
+
+def test_igmpv3_source_specific_join_filters_on_the_wire(lab: Lab) -> None:
+    """A pod that joins (S1, G) gets no frame from S2 on its interface; a (*, G) member gets
+    both. (The sniffer counts at eth0, below the pod kernel's own socket filter.)"""
+    g, port = "239.10.10.1", 5110
+    s1 = lab.create_pod("t10-s1", NODE)
+    s2 = lab.create_pod("t10-s2", NODE)
+    ssm = lab.create_pod("t10-ssm", NODE)
+    anysrc = lab.create_pod("t10-any", NODE)
+    rx_ssm = lab.start_receiver(ssm, g, port, source=s1.ip)
+    rx_any = lab.start_receiver(anysrc, g, port)
+    wire = lab.start_sniffer(ssm, g, port)
+    for r in (rx_ssm, rx_any, wire):
+        r.wait_ready()
+    lab.wait_members(NODE, g, [ssm, anysrc], exact=True)
+    lab.send(s1, g, port, N, PPS)
+    lab.send(s2, g, port, N, PPS)
+    rx_any.wait_count(2 * N)
+    _quiet()
+    got_wire, got_ssm, got_any = wire.stop(), rx_ssm.stop(), rx_any.stop()
+    assert got_any["sources"] == {s1.ip: N, s2.ip: N}, got_any
+    assert got_ssm["sources"] == {s1.ip: N}, got_ssm
+    assert got_wire["n"] == N and got_wire["sources"] == {s1.ip: N}, got_wire
