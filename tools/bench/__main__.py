@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import shutil
 import signal
 import sys
@@ -54,6 +55,7 @@ class Plan:
     scale_idle_s: float
     scale_timeout_s: float
     scale_cycles: int
+    tp_control: bool
     tp_counts: tuple[int, ...] = (4, 8)
     tp_rates: tuple[int, ...] = (10_000, 20_000, 40_000)
     cross_rates: tuple[int, ...] = (10_000, 20_000)
@@ -61,10 +63,10 @@ class Plan:
 
 QUICK = Plan(prog_sizes=(1000,), prog_changes=20, join_reps=10, tp_duration_s=1.0, tp_reps=1,
              scale_groups=500, scale_entries=2000, scale_idle_s=1.5, scale_timeout_s=60,
-             scale_cycles=0)
+             scale_cycles=0, tp_control=False)
 FULL = Plan(prog_sizes=(1000, 10_000), prog_changes=100, join_reps=30, tp_duration_s=3.0,
             tp_reps=3, scale_groups=1000, scale_entries=10_000, scale_idle_s=5.0,
-            scale_timeout_s=300, scale_cycles=2)
+            scale_timeout_s=300, scale_cycles=2, tp_control=True)
 
 
 @dataclass(frozen=True)
@@ -106,7 +108,8 @@ def _lab_sections(run: Run, results: dict[str, Any], wanted: set[str]) -> None:
             if "throughput" in wanted:
                 _guarded(run, results, "throughput", lambda: {
                     "single_node": throughput.run_local(lab, plan.tp_counts, plan.tp_rates,
-                                                        plan.tp_duration_s, plan.tp_reps)})
+                                                        plan.tp_duration_s, plan.tp_reps,
+                                                        plan.tp_control)})
             if "agent_scale" in wanted:
                 _guarded(run, results, "agent_scale", lambda: scale.run(
                     lab, plan.scale_groups, plan.scale_entries, plan.scale_idle_s,
@@ -151,7 +154,14 @@ def _errors(results: dict[str, Any]) -> list[str]:
     return found
 
 
+_MAIN_PID = os.getpid()
+
+
 def _on_sigterm(signum: int, _frame: object) -> None:
+    if os.getpid() != _MAIN_PID:  # a forked helper (pyroute2 forks for netns sockets)
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
+        return
     raise KeyboardInterrupt(f"signal {signum}")  # unwinds every lab's ``with`` block
 
 

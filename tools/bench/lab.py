@@ -121,6 +121,15 @@ class BenchLab:
             raise BenchError(f"ovs-appctl {' '.join(args)} on {node}: {res.stderr.strip()}")
         return res.stdout
 
+    def ofctl(self, node: str, *args: str) -> str:
+        """``ovs-ofctl -O OpenFlow15`` on ``node``'s bridges (inside its netns)."""
+        rundir = Path(self.node_state(node)["rundir"]) / "ovs"
+        res = netns.run(self.node_netns(node), ["ovs-ofctl", "-O", "OpenFlow15", *args],
+                        env={**os.environ, "OVS_RUNDIR": str(rundir)}, timeout=60)
+        if res.returncode != 0:
+            raise BenchError(f"ovs-ofctl {' '.join(args)} on {node}: {res.stderr.strip()}")
+        return res.stdout
+
     def client(self, node: str = "node1", timeout: float = 60.0) -> AgentClient:
         return AgentClient(f"{self.node_state(node)['rundir']}/agent.sock", timeout=timeout)
 

@@ -29,6 +29,7 @@ from typing import Any
 
 from agent import forwarding as fw
 from agent import ofchannel, ofconvert, switchops
+from agent.igmp.membership import ANY_SOURCE
 from agent.ofswitch import OpenFlowSwitch
 from agent.ovsdb import Ovsdb
 from agent.reconciler import Reconciler
@@ -59,7 +60,9 @@ def local_ports(i: int, variant: int = 0) -> list[int]:
 
 
 def group_state(i: int, variant: int = 0) -> DesiredState:
-    return fw.group_state(CFG, group_ip(i), i + 1, local_ports(i, variant), REMOTES)
+    """What the agent wants for group ``i``: (*, G) route flow and group, members any-source."""
+    members = {p: ANY_SOURCE for p in local_ports(i, variant)}
+    return fw.group_state(CFG, group_ip(i), lambda _source: i + 1, members, REMOTES)
 
 
 def base_states() -> dict[tuple[str, str], DesiredState]:

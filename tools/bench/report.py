@@ -144,10 +144,13 @@ def _tp_point(p: dict[str, Any]) -> str:
         return f"{p['target_pps'] // 1000}k: error"
     by_node = p.get("loss_pct_by_node") or {}
     nodes = f" {by_node}" if len(by_node) > 1 else ""
+    ctl = p.get("control_bypass") or {}
+    control = (f"; bypass flow: loss {ctl['loss_pct_max']}%"
+               if ctl.get("loss_pct_max") is not None else "")
     return (f"{p['target_pps'] // 1000}k: loss {p['loss_pct_max']}%{nodes} "
             f"({p['delivered_total_pps'] / 1000:.1f}k pps delivered, "
             f"{p.get('lost_before_ovs_pct')}% lost before OVS, vswitchd "
-            f"{p['vswitchd_cpu_pct']}% CPU)")
+            f"{p['vswitchd_cpu_pct']}% CPU{control})")
 
 
 def _throughput(sec: dict[str, Any]) -> list[str]:
@@ -196,7 +199,7 @@ def summary_lines(results: dict[str, Any]) -> list[str]:
         sec = results.get(key)
         if sec is None:
             continue
-        if "error" in sec and len(sec) <= 2:
+        if "error" in sec:
             lines.append(f"[{key}] ERROR: {sec['error']}")
             continue
         try:

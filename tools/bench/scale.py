@@ -28,7 +28,6 @@ import logging
 import statistics
 import subprocess
 import time
-from pathlib import Path
 from typing import Any
 
 from tools.bench.common import (
@@ -41,7 +40,6 @@ from tools.bench.common import (
     wait_for,
 )
 from tools.bench.lab import MCCTL, BenchLab, Pod, stop
-from tools.mclab import netns
 
 log = logging.getLogger(__name__)
 
@@ -53,11 +51,7 @@ def _agent_groups(lab: BenchLab) -> int:
 
 
 def _ovs_groups(lab: BenchLab) -> int:
-    rundir = Path(lab.node_state("node1")["rundir"]) / "ovs"
-    res = netns.run(lab.node_netns(), ["ovs-ofctl", "-O", "OpenFlow13", "dump-groups", "br-int"],
-                    env={"OVS_RUNDIR": str(rundir), "PATH": "/usr/bin:/usr/sbin:/bin"},
-                    timeout=120)
-    return res.stdout.count("group_id=")
+    return lab.ofctl("node1", "dump-groups", "br-int").count("group_id=")
 
 
 def _snapshot(lab: BenchLab, idle_s: float) -> dict[str, Any]:
@@ -88,7 +82,7 @@ def _list_times(lab: BenchLab) -> dict[str, Any]:
 def _join(lab: BenchLab, pod: Pod, first: int, count: int, target: int,
           timeout: float) -> tuple[subprocess.Popen[str], dict[str, Any]]:
     """Join groups first..first+count-1 from ``pod``; wait until the agent has ``target``."""
-    ready = lab.dir / f"bench-join-{first}.ready"
+    ready = lab.dir / f"bench-join-{first}-{count}-{time.monotonic_ns()}.ready"  # never reused
     agent = CpuMeter(lab.agent_pid())
     proc = lab.podtool(pod, "joinmany", str(ipaddress.IPv4Address(BASE + first)), str(count),
                        "--ready", str(ready), "--hold", "3600")

@@ -35,8 +35,18 @@ BASELINE = {"group_table_8rx_40k_loss_pct": [0.1, 0.1, 0.4],
             "note": "NOTES §C4: ~320k pps delivered in total without loss (40k x 8, 80k x 4)"}
 
 
+def _bypass_flow(lab: BenchLab, sender: Pod, receivers: Sequence[Pod], group: str) -> str:
+    """A flow above the whole pipeline (table 0) sending ``group`` from the sender's port
+    straight to the receivers' ports: plain OVS replication, for the control runs."""
+    ports = {p.name: p.ofport for p in lab.client(sender.node).list_pods()}
+    outs = ",".join(f"output:{ports[r.name]}" for r in receivers)
+    match = f"table=0,priority=65000,udp,in_port={ports[sender.name]},nw_dst={group}"
+    lab.ofctl(sender.node, "add-flow", "br-int", f"{match},actions={outs}")
+    return match
+
+
 def _point(lab: BenchLab, sender: Pod, receivers: Sequence[Pod], group: str, pps: int,
-           duration: float) -> dict[str, Any]:
+           duration: float, bypass: bool = False) -> dict[str, Any]:
     ready_dir = lab.dir / "bench-ready"
     ready_dir.mkdir(parents=True, exist_ok=True)
     readies = [ready_dir / f"{group}-{r.name}" for r in receivers]
@@ -51,6 +61,7 @@ def _point(lab: BenchLab, sender: Pod, receivers: Sequence[Pod], group: str, pps
     for node, count in by_node.items():
         lab.wait_members(node, group, local=count)
     lab.wait_members(sender.node, group, local=by_node.get(sender.node, 0), remote=remote)
+    bypass_match = _bypass_flow(lab, sender, receivers, group) if bypass else None
     nodes = sorted({sender.node, *by_node})
     for node in nodes:
         lab.appctl(node, "dpif-netdev/pmd-stats-clear")
@@ -62,6 +73,8 @@ def _point(lab: BenchLab, sender: Pod, receivers: Sequence[Pod], group: str, pps
     dps = {n: datapath_stats(lab.appctl(n, "dpif-netdev/pmd-stats-show")) for n in nodes}
     dp = dps[sender.node]
     actions = megaflow_actions(lab.appctl(sender.node, "dpctl/dump-flows"), group)
+    if bypass_match is not None:
+        lab.ofctl(sender.node, "del-flows", "--strict", "br-int", bypass_match)
     rx = [result(p, duration + 30) for p in procs]
     sent, secs = tx["sent"], tx["secs"]
     per = []
@@ -76,6 +89,7 @@ def _point(lab: BenchLab, sender: Pod, receivers: Sequence[Pod], group: str, pps
     p99s = [p["owd_ms_p99"] for p in per if p["owd_ms_p99"] is not None]
     return {
         "receivers": len(receivers), "target_pps": pps, "group": group,
+        "path": "bypass" if bypass else "pipeline",
         "sent": sent, "sent_pps": tx["pps"], "enobufs": tx.get("enobufs", 0),
         "delivered_total_pps": round(sum(p["delivered_pps"] for p in per), 1),
         "delivered_pps_per_receiver_mean": round(
@@ -125,43 +139,56 @@ def megaflow_actions(text: str, group: str) -> list[str]:
             if f"dst={group}," in line and "actions:" in line]
 
 
+def _median_rep(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The median run by worst-receiver loss (its figures), plus every run's loss."""
+    good = sorted((p for p in runs if "error" not in p), key=lambda p: p["loss_pct_max"])
+    if not good:
+        return {"ok": 0}
+    median = good[(len(good) - 1) // 2]
+    return {"ok": len(good), **{k: median[k] for k in SUMMARY_KEYS},
+            "loss_pct_max_all": [p["loss_pct_max"] for p in good],
+            "delivered_total_pps_all": [p["delivered_total_pps"] for p in good]}
+
+
 def _series(lab: BenchLab, sender: Pod, receivers: Sequence[Pod], rates: Sequence[int],
-            duration: float, reps: int, tag: int) -> list[dict[str, Any]]:
+            duration: float, reps: int, tag: int, control: bool) -> list[dict[str, Any]]:
     """Each rate ``reps`` times (fresh group each); the median rep by worst loss is the figure,
-    every rep is kept."""
+    every rep is kept. With ``control``, each rep is followed by the same point through a
+    bypass flow (plain OVS replication, none of our pipeline): on a shared host, the gap
+    between the two is what our pipeline costs, the rest is the host and the datapath."""
     points = []
     for j, pps in enumerate(rates):
-        runs = []
+        runs: list[dict[str, Any]] = []
+        controls: list[dict[str, Any]] = []
         for r in range(reps):
-            group = f"239.202.{tag}.{j * 20 + r + 1}"
-            try:
-                runs.append(_point(lab, sender, receivers, group, pps, duration))
-            except BenchError as exc:
-                log.warning("throughput point %s at %d pps: %s", group, pps, exc)
-                runs.append({"receivers": len(receivers), "target_pps": pps, "error": str(exc)})
-            lab.stop_all()
-            time.sleep(0.3)
-        good = sorted((p for p in runs if "error" not in p), key=lambda p: p["loss_pct_max"])
-        point: dict[str, Any] = {"receivers": len(receivers), "target_pps": pps,
-                                 "reps": len(runs), "ok": len(good)}
-        if good:
-            median = good[(len(good) - 1) // 2]
-            point.update({k: median[k] for k in SUMMARY_KEYS})
-            point["loss_pct_max_all"] = [p["loss_pct_max"] for p in good]
-            point["delivered_total_pps_all"] = [p["delivered_total_pps"] for p in good]
-        point["runs"] = runs
-        points.append(point)
+            for bypass in (False, True) if control else (False,):
+                group = f"239.{203 if bypass else 202}.{tag}.{j * 20 + r + 1}"
+                try:
+                    point = _point(lab, sender, receivers, group, pps, duration, bypass)
+                except BenchError as exc:
+                    log.warning("throughput point %s at %d pps: %s", group, pps, exc)
+                    point = {"receivers": len(receivers), "target_pps": pps, "error": str(exc)}
+                (controls if bypass else runs).append(point)
+                lab.stop_all()
+                time.sleep(0.3)
+        summary = {"receivers": len(receivers), "target_pps": pps, "reps": len(runs),
+                   **_median_rep(runs)}
+        if control:
+            summary["control_bypass"] = _median_rep(controls)
+        summary["runs"] = runs + controls
+        points.append(summary)
     return points
 
 
 def run_local(lab: BenchLab, counts: Sequence[int], rates: Sequence[int], duration: float,
-              reps: int) -> dict[str, Any]:
+              reps: int, control: bool = False) -> dict[str, Any]:
     """One node: 1 sender -> each receiver count in ``counts``, at each rate."""
     sender = lab.pod("tp-tx")
     pool = [lab.pod(f"tp-rx{i}") for i in range(1, max(counts) + 1)]
-    series = {f"{k}_receivers": _series(lab, sender, pool[:k], rates, duration, reps, tag=k)
-              for k in counts}
-    return {"duration_s": duration, "reps": reps, "payload_bytes": SIZE, "rates_pps": list(rates),
+    series = {f"{k}_receivers": _series(lab, sender, pool[:k], rates, duration, reps, k,
+                                        control) for k in counts}
+    return {"duration_s": duration, "reps": reps, "control_bypass": control,
+            "payload_bytes": SIZE, "rates_pps": list(rates),
             "series": series, "baseline_notes_c4": BASELINE}
 
 
@@ -170,7 +197,7 @@ def run_cross(lab: BenchLab, rates: Sequence[int], duration: float,
     """Three nodes (encap): sender on node1 -> 1 receiver on node1, one each on node2, node3."""
     sender = lab.pod("x-tx", "node1")
     receivers = [lab.pod("x-rx1", "node1"), lab.pod("x-rx2", "node2"), lab.pod("x-rx3", "node3")]
-    points = _series(lab, sender, receivers, rates, duration, reps, tag=100)
+    points = _series(lab, sender, receivers, rates, duration, reps, 100, control=False)
     return {"duration_s": duration, "reps": reps, "payload_bytes": SIZE, "encap": "vxlan",
             "layout": "sender node1 -> rx node1 (local), node2, node3 (remote)",
             "rates_pps": list(rates), "points": points}
