@@ -13,12 +13,10 @@ from __future__ import annotations
 
 import contextlib
 import socket
-import threading
 from collections.abc import Callable, Iterator
 from typing import TypeVar
 
 from pyroute2 import IPRoute
-from pyroute2 import netns as pr_netns
 
 from agent.ofswitch import OpenFlowSwitch
 from agent.ovsdb import Ovsdb
@@ -30,27 +28,8 @@ CONTROLLER_PORT = 6653
 T = TypeVar("T")
 
 
-def in_netns(name: str, fn: Callable[[], T]) -> T:
-    """Run ``fn`` in a throw-away thread that has entered netns ``name``; return its result."""
-    box: dict[str, object] = {}
-
-    def run() -> None:
-        try:
-            pr_netns.setns(name, flags=0)
-            box["value"] = fn()
-        except BaseException as exc:  # noqa: BLE001 - re-raised in the caller
-            box["error"] = exc
-
-    t = threading.Thread(target=run, name=f"setns-{name}")
-    t.start()
-    t.join()
-    if "error" in box:
-        raise box["error"]  # type: ignore[misc]
-    return box["value"]  # type: ignore[return-value]
 
 
-def listen_in_netns(name: str, port: int = CONTROLLER_PORT) -> socket.socket:
-    return in_netns(name, lambda: socket.create_server(("127.0.0.1", port)))
 
 
 def ensure_br_int(db: Ovsdb, port: int = CONTROLLER_PORT) -> None:
@@ -66,7 +45,7 @@ def attached_switch(node: OvsNode, pipeline: Pipeline, fatal: list[BaseException
     ``configure`` runs once the controller listens, like the agent's start-up: a bridge whose
     first attempt finds nobody listening only retries after its 1 s backoff.
     """
-    sw = OpenFlowSwitch(pipeline, listen_socket=listen_in_netns(node.netns, port),
+    sw = OpenFlowSwitch(pipeline, listen_socket=netns.listen_in(node.netns, port),
                         fatal=fatal.append, timeout=30)
     sw.start()
     try:
@@ -97,7 +76,7 @@ def packet_socket(ns: str, ifname: str = "eth0", timeout: float = 5.0) -> socket
         s.bind((ifname, 0))
         s.settimeout(timeout)
         return s
-    return in_netns(ns, make)
+    return netns.call_in(ns, make)
 
 
 def receive(sock: socket.socket, want: Callable[[bytes], bool], limit: int = 200) -> bytes:

@@ -11,15 +11,11 @@ from __future__ import annotations
 
 import math
 import os
-import socket
 import statistics
-import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
-
-from pyroute2 import netns as pr_netns
+from typing import TypeVar
 
 T = TypeVar("T")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -136,28 +132,8 @@ def sample_cpu(pid: int, seconds: float) -> float:
 # ------------------------------------------------------------------------------ netns, waits
 
 
-def in_netns(name: str, fn: Callable[[], T]) -> T:
-    """Run ``fn`` in a throw-away thread that has entered netns ``name``; return its result."""
-    box: dict[str, Any] = {}
-
-    def run() -> None:
-        try:
-            pr_netns.setns(name, flags=0)
-            box["value"] = fn()
-        except BaseException as exc:  # noqa: BLE001 - re-raised in the caller
-            box["error"] = exc
-
-    t = threading.Thread(target=run, name=f"setns-{name}")
-    t.start()
-    t.join()
-    if "error" in box:
-        raise box["error"]
-    return box["value"]
 
 
-def listen_in_netns(name: str, port: int) -> socket.socket:
-    """A TCP server socket on 127.0.0.1:``port`` of netns ``name``."""
-    return in_netns(name, lambda: socket.create_server(("127.0.0.1", port)))
 
 
 def wait_for(check: Callable[[], T | None], timeout: float, what: str,

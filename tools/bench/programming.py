@@ -36,7 +36,8 @@ from agent.reconciler import Reconciler
 from pipeline import multicast as mc
 from pipeline.diff import canonical, diff
 from pipeline.model import DesiredState
-from tools.bench.common import CpuMeter, Stopwatch, listen_in_netns, rate, summary
+from tools.bench.common import CpuMeter, Stopwatch, rate, summary
+from tools.mclab.netns import listen_in
 from tools.mclab.ovsnode import OvsNode
 
 log = logging.getLogger(__name__)
@@ -231,7 +232,7 @@ def run(sizes: Sequence[int], changes: int, netns_name: str, workdir: Path) -> d
     fatal: list[BaseException] = []
     try:
         vswitchd = node.pids()["ovs-vswitchd"]
-        sw = OpenFlowSwitch(PIPE, listen_socket=listen_in_netns(netns_name, CONTROLLER_PORT),
+        sw = OpenFlowSwitch(PIPE, listen_socket=listen_in(netns_name, CONTROLLER_PORT),
                             fatal=fatal.append, timeout=300)
         sw.start()
         try:

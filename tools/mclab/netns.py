@@ -10,15 +10,18 @@ import ctypes
 import ctypes.util
 import functools
 import logging
+import socket
 import subprocess
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from pyroute2 import IPRoute
 from pyroute2 import netns as _pr_netns
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 NETNS_DIR = Path(_pr_netns.NETNS_RUN_DIR)
 _libc: ctypes.CDLL | None = None
@@ -109,3 +112,31 @@ def popen(
         text=True,
         **kwargs,
     )
+
+
+def call_in(name: str, fn: Callable[[], T]) -> T:
+    """Run ``fn`` in a throw-away thread that has entered namespace ``name``; return its result.
+
+    setns() changes only the calling thread, so sockets ``fn`` creates live in ``name`` while
+    the rest of the process stays where it is (e.g. a controller socket inside a node).
+    """
+    box: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            _pr_netns.setns(name, flags=0)
+            box["value"] = fn()
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the caller
+            box["error"] = exc
+
+    t = threading.Thread(target=run, name=f"setns-{name}")
+    t.start()
+    t.join()
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
+
+
+def listen_in(name: str, port: int, host: str = "127.0.0.1") -> socket.socket:
+    """A TCP server socket on host:port inside namespace ``name``."""
+    return call_in(name, lambda: socket.create_server((host, port)))
