@@ -114,6 +114,7 @@ class Agent:
         bridge = BridgeConfig(cfg.encap_mode, round_, cfg.node_ip, mac, tunnel_port=tunnel,
                               uplink_port=uplink)
         rec = Reconciler(self.switch, self.pipeline)
+
         def seed(ip: str) -> None:
             seed_tunnel_neighbour(cfg.ovs_rundir, cfg.phy_bridge, ip)
 
@@ -123,8 +124,18 @@ class Agent:
         core.start(pods, install=lambda: rec.startup(round_), found=self.switch.dump())
         self.db.set_round(round_, cfg.int_bridge)
         self.switch.on_packet_in = core.handle_packet_in
-        # A reconnect (e.g. ovs-vswitchd restart) replays everything we want onto the switch.
-        self.switch.on_connected = lambda _dpid: rec.startup(round_)
+
+        def reconnected(_dpid: int) -> None:
+            # A restarted ovs-vswitchd lost its flows, its FDB pin and its tunnel neighbours:
+            # restore all three (flows from the reconciler's desired state).
+            if uplink is not None:
+                pin_local_mac(cfg.ovs_rundir, cfg.phy_bridge, mac)
+            if tunnel is not None:
+                for ip in core.node_ips():
+                    seed(ip)
+            rec.startup(round_)
+
+        self.switch.on_connected = reconnected
         self.core = core
         if cfg.metrics_port:
             start_http_server(cfg.metrics_port)

@@ -35,6 +35,7 @@ from agent.igmp.packets import (
 )
 from agent.igmp.querier import Querier
 from agent.localapi import ApiError, PodAttach, PodInfo
+from agent.ofchannel import SwitchDisconnected
 from pipeline import layout
 from pipeline.cookies import CATEGORY_MASK, CATEGORY_SHIFT, Category
 from pipeline.model import (
@@ -264,6 +265,10 @@ class MulticastAgent:
             for ip in sorted(added):
                 self._send_query(node_ip=ip)
 
+    def node_ips(self) -> list[str]:
+        with self._lock:
+            return sorted(self._nodes.values())
+
     # ------------------------------------------------------------------ packet-ins
 
     def handle_packet_in(self, ev: PacketIn) -> None:
@@ -289,7 +294,7 @@ class MulticastAgent:
                 verdict = self._tunnel_igmp(now, ev, msg)
             else:
                 verdict = self._uplink_igmp(msg)
-            self._rec.flush()
+            self._flush_unless_disconnected()
         metrics.IGMP_MESSAGES.labels(type=kind, verdict=verdict).inc()
 
     def _pod_igmp(self, now: float, in_port: int, msg: object) -> str:
@@ -387,13 +392,13 @@ class MulticastAgent:
         targets = [only] if only else sorted(self._nodes.values())
         for frame in self._frames(records, mtu=UNDERLAY_MTU - TUNNEL_OVERHEAD):
             for ip in targets:
-                self._switch.packet_out(frame, (SetTunnelDst(ip), Output(self.bridge.tunnel_port)))
+                self._packet_out(frame, (SetTunnelDst(ip), Output(self.bridge.tunnel_port)))
 
     def _send_upstream(self, records: list[GroupRecord]) -> None:
         if self.bridge.uplink_port is None:
             return
         for frame in self._frames(records):
-            self._switch.packet_out(frame, (Output(self.bridge.uplink_port),))
+            self._packet_out(frame, (Output(self.bridge.uplink_port),))
 
     # ------------------------------------------------------------------ timers
 
@@ -415,7 +420,7 @@ class MulticastAgent:
             if now >= self._next_refresh:
                 self._next_refresh = now + self.cfg.query_interval_s
                 self._send_full_report()
-            self._rec.flush()
+            self._flush_unless_disconnected()
 
     def _send_query(self, group: str = "0.0.0.0", version: int | None = None,
                     max_resp_s: float = 1.0, node_ip: str | None = None) -> None:
@@ -426,11 +431,26 @@ class MulticastAgent:
                             qqic_s=int(self.cfg.query_interval_s))
         if node_ip is not None:
             if self.bridge.tunnel_port is not None:
-                self._switch.packet_out(frame, (SetTunnelDst(node_ip),
+                self._packet_out(frame, (SetTunnelDst(node_ip),
                                                 Output(self.bridge.tunnel_port)))
             return
         # Through the table: the query flow floods it to every pod via the query group.
-        self._switch.packet_out(frame, (Output(OFPP_TABLE),), in_port=OFPP_CONTROLLER)
+        self._packet_out(frame, (Output(OFPP_TABLE),), in_port=OFPP_CONTROLLER)
+
+    def _packet_out(self, data: bytes, actions: tuple[Action, ...],
+                    in_port: int | None = None) -> None:
+        try:
+            self._switch.packet_out(data, actions, in_port=in_port)
+        except SwitchDisconnected:
+            # Lost like any packet on a down link: queries and refreshes repeat on their own.
+            log.debug("switch disconnected: packet-out dropped")
+
+    def _flush_unless_disconnected(self) -> None:
+        """Flush; while the bridge is away the desired state waits for the reconnect's sync."""
+        try:
+            self._rec.flush()
+        except SwitchDisconnected:
+            log.debug("switch disconnected: flush deferred to the reconnect")
 
     # ------------------------------------------------------------------ reads (AgentApi)
 
