@@ -360,3 +360,23 @@ def test_igmpv3_source_filters_are_enforced_in_the_data_plane(env) -> None:
     agent.tick()
     assert set(agent._gids.items()) == {f"{G2}/{s2}"}
     assert send_from(switch, p1, s2, G) == [UPLINK]
+
+
+def test_a_disconnected_switch_defers_work_until_the_reconnect_sync(env) -> None:
+    from agent.ofchannel import SwitchDisconnected
+
+    agent, switch, clock, (p1, p2, *_), _ = env
+    real_apply, real_out = switch.apply, switch.packet_out
+
+    def down(*_a: object, **_k: object) -> None:
+        raise SwitchDisconnected("no bridge")
+
+    switch.apply = switch.packet_out = down  # ovs-vswitchd went away
+    join_v3(agent, p2, G)  # no exception: the membership is kept, the flush waits
+    clock.now += 1
+    agent.tick()
+    assert [m["group"] for m in agent.members()] == [G]
+    switch.apply, switch.packet_out = real_apply, real_out
+    switch.table = FakeSwitch(multicast_pipeline(), tunnel_ports=(TUNNEL,))  # restarted: empty
+    agent._rec.startup(1)  # what the agent does on reconnect
+    assert send(switch, p1, G) == [p2.ofport, UPLINK]
