@@ -450,10 +450,6 @@ class OpenFlowSwitch:
                                      desc.stats.get("byte_count", 0)))
         return out
 
-    def flow_counts(self, cookie: int, mask: int) -> dict[Any, int]:
-        """Packet count per flow key (table, priority, match) for flows matching the cookie."""
-        return {s.flow.key: s.packets for s in self.flow_stats(cookie, mask)}
-
     def _groups(self) -> list[Group]:
         conn = self._require()
         sizes = {s.group_id: len(s.bucket_stats) for r in self.request(

@@ -57,7 +57,7 @@ class Reconciler:
         self._bucket_cap = bucket_cap
         self._lock = threading.RLock()
         self._wanted: dict[Key, DesiredState] = {}
-        self._installed: DesiredState | None = None  # unknown: the first flush reads the switch
+        self._synced = False  # False: what is installed is unknown; the next flush reads it
         self._by_key: dict[Key, _Index] = {}  # what each key has installed
         self._owners: dict[tuple[str, object], set[Key]] = {}  # (kind, ident) -> keys
         self._dirty: set[Key] = set()
@@ -102,13 +102,13 @@ class Reconciler:
     def installed(self) -> DesiredState | None:
         """What is on the switch as of the last successful flush (None: unknown)."""
         with self._lock:
-            if self._installed is _UNION_STALE:
-                self._installed = canonical(DesiredState(
-                    tuple(f for i in self._by_key.values() for f in i.flows.values()),
-                    tuple(g for i in self._by_key.values() for g in i.groups.values()),
-                    tuple(m for i in self._by_key.values() for m in i.meters.values())),
-                    self._pipeline)
-            return self._installed
+            if not self._synced:
+                return None
+            return canonical(DesiredState(
+                tuple(f for i in self._by_key.values() for f in i.flows.values()),
+                tuple(g for i in self._by_key.values() for g in i.groups.values()),
+                tuple(m for i in self._by_key.values() for m in i.meters.values())),
+                self._pipeline)
 
     # -- reconciling ----------------------------------------------------------------------------
 
@@ -123,7 +123,7 @@ class Reconciler:
         (a startup failed), the switch is read back first, as in ``startup``.
         """
         with self._lock:
-            if self._installed is None:
+            if not self._synced:
                 return self._sync(self._switch.dump())
             if not self._dirty:
                 self.last_ops = []
@@ -141,7 +141,6 @@ class Reconciler:
             for k, idx in new.items():
                 self._index(k, idx if k in self._wanted else None)
             self._dirty.clear()
-            self._installed = None if self._installed is None else _UNION_STALE
             self.last_ops = ops
             return ops
 
@@ -197,7 +196,7 @@ class Reconciler:
         """After a (re)connect: adopt the switch's content for the new round, without a gap."""
         with self._lock:
             self._round = round_
-            self._installed = None  # unknown until the bundle below commits
+            self._synced = False  # unknown until the bundle below commits
             return self._sync(self._switch.dump())
 
     def _sync(self, actual: DesiredState) -> list[SwitchOp]:
@@ -212,7 +211,7 @@ class Reconciler:
         with metrics.FLOW_OP_SECONDS.time():
             self._switch.apply(ops)
         count_ops(ops)
-        self._installed = desired
+        self._synced = True
         self._by_key, self._owners = {}, {}
         for k, st in self._wanted.items():
             self._index(k, _Index(canonical(st, self._pipeline)))
@@ -237,8 +236,6 @@ class _Index:
 
 _KINDS = ("flows", "groups", "meters")
 _EMPTY = DesiredState()
-_UNION_STALE = DesiredState(flows=(), groups=(), meters=())
-"""Marker: the union of what keys installed must be recomputed before it is read."""
 
 
 def count_ops(ops: Sequence[SwitchOp]) -> None:
