@@ -20,13 +20,13 @@ from prometheus_client import start_http_server
 from pyroute2 import IPRoute
 
 from agent import metrics
+from agent.api.server import LocalApiServer, PodAttach, PodInfo
 from agent.config import AgentConfig, ConfigError, load_config
-from agent.localapi import LocalApiServer, PodAttach, PodInfo
-from agent.multicast_agent import MulticastAgent
-from agent.ofswitch import OpenFlowSwitch
-from agent.ovsdb import Ovsdb, PortInfo, pod_external_ids
-from agent.reconciler import Reconciler
-from agent.vswitchd import pin_local_mac, seed_tunnel_neighbour
+from agent.flowsync.reconciler import Reconciler
+from agent.multicast.core import MulticastAgent
+from agent.ovs.ovsdb import Ovsdb, PortInfo, pod_external_ids
+from agent.ovs.switch import OpenFlowSwitch
+from agent.ovs.vswitchd import pin_local_mac, seed_tunnel_neighbour
 from pipeline.layout import multicast_pipeline
 from pipeline.multicast import BridgeConfig, Mode
 

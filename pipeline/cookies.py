@@ -1,8 +1,8 @@
-"""Cookie layout: round | category | object id, with pack/unpack.
+"""Cookie layout: round | feature | object id, with pack/unpack; the ``Feature`` enum.
 
 The round changes each time an agent starts (it is kept in OVSDB external_ids), so a new agent
 installs its flows under the new round and then deletes everything of older rounds: no gap.
-The category says which feature owns a flow; the object id which pod, group or node.
+The feature says who owns a flow; the object id which pod, group or node.
 """
 
 from __future__ import annotations
@@ -11,18 +11,22 @@ from dataclasses import dataclass
 from enum import IntEnum
 
 ROUND_BITS = 16
-CATEGORY_BITS = 8
+FEATURE_BITS = 8
 OBJECT_BITS = 40
 
-ROUND_SHIFT = CATEGORY_BITS + OBJECT_BITS
-CATEGORY_SHIFT = OBJECT_BITS
+ROUND_SHIFT = FEATURE_BITS + OBJECT_BITS
+FEATURE_SHIFT = OBJECT_BITS
 ROUND_MASK = ((1 << ROUND_BITS) - 1) << ROUND_SHIFT
-CATEGORY_MASK = ((1 << CATEGORY_BITS) - 1) << CATEGORY_SHIFT
+FEATURE_MASK = ((1 << FEATURE_BITS) - 1) << FEATURE_SHIFT
 OBJECT_MASK = (1 << OBJECT_BITS) - 1
 
 
-class Category(IntEnum):
-    """Which feature owns a flow or group. Also the packet-in userdata of punt flows."""
+class Feature(IntEnum):
+    """Who owns a flow or group: one name for one idea, used everywhere it appears.
+
+    It is the cookie's middle field, the first half of every reconciler key in the agent, and
+    the route of a packet-in (a punt flow's cookie names the feature whose handler gets it).
+    """
 
     PIPELINE = 1  # table-miss and fixed flows
     IGMP = 2  # punts of IGMP from pods, tunnel, uplink; query flood
@@ -36,7 +40,7 @@ class Category(IntEnum):
 @dataclass(frozen=True)
 class Cookie:
     round: int
-    category: Category
+    feature: Feature
     object_id: int = 0
 
     def __post_init__(self) -> None:
@@ -48,7 +52,7 @@ class Cookie:
     def pack(self) -> int:
         return (
             (self.round << ROUND_SHIFT)
-            | (int(self.category) << CATEGORY_SHIFT)
+            | (int(self.feature) << FEATURE_SHIFT)
             | self.object_id
         )
 
@@ -56,7 +60,7 @@ class Cookie:
     def unpack(cls, value: int) -> Cookie:
         return cls(
             round=(value & ROUND_MASK) >> ROUND_SHIFT,
-            category=Category((value & CATEGORY_MASK) >> CATEGORY_SHIFT),
+            feature=Feature((value & FEATURE_MASK) >> FEATURE_SHIFT),
             object_id=value & OBJECT_MASK,
         )
 

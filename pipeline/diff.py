@@ -25,12 +25,12 @@ from dataclasses import replace
 from pipeline import layout
 from pipeline.groupsplit import DEFAULT_BUCKET_CAP, MAX_BUNDLED_MESSAGE, split_group_op
 from pipeline.model import (
-    DesiredState,
     Flow,
     Group,
     GroupAction,
     Match,
     Meter,
+    SwitchState,
 )
 from pipeline.ops import Command, FlowOp, GroupOp, MeterOp, Op
 from pipeline.tables import Pipeline
@@ -90,7 +90,7 @@ def _describe(key: FlowKey) -> str:
     return f"table={table},priority={priority},{fields}"
 
 
-def diff(desired: DesiredState, actual: DesiredState, bucket_cap: int = DEFAULT_BUCKET_CAP,
+def diff(desired: SwitchState, actual: SwitchState, bucket_cap: int = DEFAULT_BUCKET_CAP,
          pipeline: Pipeline | None = None, max_bytes: int = MAX_BUNDLED_MESSAGE) -> list[Op]:
     """Ops that make ``actual`` equal ``desired`` (see the module doc for the order).
 
@@ -206,8 +206,8 @@ def _apply_meter(op: MeterOp, meters: dict[int, Meter]) -> None:
         raise DiffError(f"no meter command {op.command}")
 
 
-def apply_ops(state: DesiredState, ops: Iterable[Op],
-              pipeline: Pipeline | None = None) -> DesiredState:
+def apply_ops(state: SwitchState, ops: Iterable[Op],
+              pipeline: Pipeline | None = None) -> SwitchState:
     """``state`` after ``ops``, as OVS would leave it (sorted like ``diff`` sorts)."""
     pipe = pipeline if pipeline is not None else layout.multicast_pipeline()
     flows = index_flows(state.flows)
@@ -220,14 +220,14 @@ def apply_ops(state: DesiredState, ops: Iterable[Op],
             _apply_group(op, flows, groups)
         else:
             _apply_meter(op, meters)
-    return DesiredState(
+    return SwitchState(
         flows=tuple(sorted(flows.values(), key=lambda f: flow_sort_key(f, pipe))),
         groups=tuple(groups[i] for i in sorted(groups)),
         meters=tuple(meters[i] for i in sorted(meters)),
     )
 
 
-def canonical(state: DesiredState, pipeline: Pipeline | None = None) -> DesiredState:
+def canonical(state: SwitchState, pipeline: Pipeline | None = None) -> SwitchState:
     """``state`` with duplicates merged and everything sorted, for equality checks."""
     return apply_ops(state, (), pipeline)
 

@@ -121,7 +121,7 @@ class Delivery:
 
 
 @dataclass(frozen=True)
-class PacketIn:
+class Punt:
     userdata: bytes
     table: str
     packet: Packet
@@ -142,7 +142,7 @@ class Trace:
     packet: Packet
     deliveries: list[Delivery] = field(default_factory=list)
     suppressed: list[Delivery] = field(default_factory=list)  # to in_port: OVS drops them
-    packet_ins: list[PacketIn] = field(default_factory=list)
+    packet_ins: list[Punt] = field(default_factory=list)
     tables: list[str] = field(default_factory=list)
     flows: list[FlowKey] = field(default_factory=list)
     drops: list[str] = field(default_factory=list)
@@ -429,7 +429,7 @@ class _Walk:
             elif isinstance(a, OutputReg):
                 self.output(a.field.decode(state.regs[a.field.reg]), state, table)
             elif isinstance(a, Controller):
-                self.trace.packet_ins.append(PacketIn(a.userdata, table, self._as_sent(state)))
+                self.trace.packet_ins.append(Punt(a.userdata, table, self._as_sent(state)))
             elif isinstance(a, Ct):
                 if a.nat_src is not None:
                     self.nat_src = a.nat_src
@@ -463,7 +463,7 @@ class _Walk:
             self.trace.suppressed.append(Delivery(port, self._as_sent(state)))
             return
         if port == OFPP_CONTROLLER:
-            self.trace.packet_ins.append(PacketIn(b"", table, self._as_sent(state)))
+            self.trace.packet_ins.append(Punt(b"", table, self._as_sent(state)))
             return
         if self.sw.ports is not None and port not in self.sw.ports:
             self.trace.drops.append(f"output to missing port {port}")

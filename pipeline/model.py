@@ -140,7 +140,7 @@ class GroupAction:
 
 @dataclass(frozen=True)
 class Controller:
-    """Send to the controller; userdata carries the punt category (NXT_PACKET_IN2)."""
+    """Send to the controller; userdata carries the punt reason (NXT_PACKET_IN2)."""
 
     userdata: bytes
     max_len: int = 0xFFFF
@@ -289,7 +289,7 @@ class Meter:
 
 
 @dataclass(frozen=True)
-class DesiredState:
+class SwitchState:
     """Everything one feature wants on the switch."""
 
     flows: tuple[Flow, ...] = ()

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from enum import IntEnum, StrEnum
 
 from pipeline import layout, priorities
-from pipeline.cookies import Category, Cookie
+from pipeline.cookies import Cookie, Feature
 from pipeline.model import (
     ETH_TYPE_IP,
     IP_PROTO_IGMP,
@@ -74,8 +74,8 @@ class BridgeConfig:
         if self.mode is Mode.NOENCAP and self.tunnel_port is not None:
             raise ValueError("noEncap mode has no tunnel port")
 
-    def cookie(self, category: Category, object_id: int = 0) -> int:
-        return Cookie(self.round, category, object_id).pack()
+    def cookie(self, feature: Feature, object_id: int = 0) -> int:
+        return Cookie(self.round, feature, object_id).pack()
 
 
 _PIPELINE = layout.multicast_pipeline()
@@ -108,11 +108,11 @@ def igmp_punt_flow(cfg: BridgeConfig, in_port: int, reason: PuntReason, object_i
         priorities.PUNT,
         Match.of(in_port=in_port, eth_type=ETH_TYPE_IP, ip_proto=IP_PROTO_IGMP),
         (Controller(punt_userdata(reason)),),
-        cfg.cookie(Category.IGMP, object_id),
+        cfg.cookie(Feature.IGMP, object_id),
     )
 
 
-def _fork_flow(cfg: BridgeConfig, in_port: int, cls: PortClass, nxt: str, cat: Category,
+def _fork_flow(cfg: BridgeConfig, in_port: int, cls: PortClass, nxt: str, cat: Feature,
                object_id: int) -> Flow:
     return _flow(
         layout.CLASSIFIER,
@@ -131,32 +131,32 @@ def pod_flows(cfg: BridgeConfig, ofport: int) -> list[Flow]:
     """
     return [
         igmp_punt_flow(cfg, ofport, PuntReason.IGMP_POD, ofport),
-        _fork_flow(cfg, ofport, PortClass.POD, layout.EGRESS_RULE, Category.POD, ofport),
+        _fork_flow(cfg, ofport, PortClass.POD, layout.EGRESS_RULE, Feature.POD, ofport),
         _flow(
             layout.INGRESS_RULE,
             priorities.SELF_LOOP,
             Match.of((OUT_PORT, ofport), in_port=ofport, eth_type=ETH_TYPE_IP),
             (Drop(),),
-            cfg.cookie(Category.POD, ofport),
+            cfg.cookie(Feature.POD, ofport),
         ),
         _flow(
             layout.EGRESS_METRIC,
             priorities.NORMAL,
             Match.of(in_port=ofport, eth_type=ETH_TYPE_IP),
             (GotoTable(layout.ROUTING),),
-            cfg.cookie(Category.POD, ofport),
+            cfg.cookie(Feature.POD, ofport),
         ),
         _flow(
             layout.INGRESS_METRIC,
             priorities.NORMAL,
             Match.of((OUT_PORT, ofport), eth_type=ETH_TYPE_IP),
             (GotoTable(layout.OUTPUT),),
-            cfg.cookie(Category.POD, ofport),
+            cfg.cookie(Feature.POD, ofport),
         ),
     ]
 
 
-def _output_flow(cfg: BridgeConfig, kind: OutKind, actions: tuple, cat: Category) -> Flow:
+def _output_flow(cfg: BridgeConfig, kind: OutKind, actions: tuple, cat: Feature) -> Flow:
     return _flow(
         layout.OUTPUT,
         priorities.NORMAL,
@@ -192,7 +192,7 @@ def _suppress_flows(cfg: BridgeConfig) -> list[Flow]:
                     priorities.SUPPRESS,
                     Match.of((IN_CLASS, cls), (OUT_KIND, kind), eth_type=ETH_TYPE_IP),
                     (Drop(),),
-                    cfg.cookie(Category.PIPELINE),
+                    cfg.cookie(Feature.PIPELINE),
                 )
             )
     return out
@@ -200,7 +200,7 @@ def _suppress_flows(cfg: BridgeConfig) -> list[Flow]:
 
 def initial_flows(cfg: BridgeConfig) -> list[Flow]:
     """Flows present from the start, whatever pods and groups exist."""
-    p = cfg.cookie(Category.PIPELINE)
+    p = cfg.cookie(Feature.PIPELINE)
     flows = list(_PIPELINE.miss_flows(p))
     flows.append(
         _flow(
@@ -218,24 +218,24 @@ def initial_flows(cfg: BridgeConfig) -> list[Flow]:
             priorities.PUNT,
             Match.of(in_port=OFPP_CONTROLLER, eth_type=ETH_TYPE_IP, ip_proto=IP_PROTO_IGMP),
             (GroupAction(QUERY_GROUP_ID),),
-            cfg.cookie(Category.IGMP),
+            cfg.cookie(Feature.IGMP),
         )
     )
     if cfg.tunnel_port is not None:
         flows.append(igmp_punt_flow(cfg, cfg.tunnel_port, PuntReason.IGMP_TUNNEL, 0))
         flows.append(
-            _fork_flow(cfg, cfg.tunnel_port, PortClass.TUNNEL, layout.ROUTING, Category.PIPELINE, 0)
+            _fork_flow(cfg, cfg.tunnel_port, PortClass.TUNNEL, layout.ROUTING, Feature.PIPELINE, 0)
         )
         flows.append(
-            _output_flow(cfg, OutKind.REMOTE, (Output(cfg.tunnel_port),), Category.PIPELINE)
+            _output_flow(cfg, OutKind.REMOTE, (Output(cfg.tunnel_port),), Feature.PIPELINE)
         )
     if cfg.uplink_port is not None:
         flows.append(igmp_punt_flow(cfg, cfg.uplink_port, PuntReason.IGMP_UPLINK, 0))
         flows.append(
-            _fork_flow(cfg, cfg.uplink_port, PortClass.UPLINK, layout.ROUTING, Category.PIPELINE, 0)
+            _fork_flow(cfg, cfg.uplink_port, PortClass.UPLINK, layout.ROUTING, Feature.PIPELINE, 0)
         )
         flows.append(_output_flow(cfg, OutKind.EXTERNAL, external_output_actions(cfg),
-                                  Category.EXTERNAL))
+                                  Feature.EXTERNAL))
         flows.append(default_external_flow(cfg))
     flows.extend(_suppress_flows(cfg))
     return flows
@@ -248,7 +248,7 @@ def default_external_flow(cfg: BridgeConfig) -> Flow:
         priorities.DEFAULT_EXTERNAL,
         Match.of((IN_CLASS, PortClass.POD), eth_type=ETH_TYPE_IP),
         (LoadReg(OUT_KIND, OutKind.EXTERNAL), GotoTable(layout.OUTPUT)),
-        cfg.cookie(Category.EXTERNAL),
+        cfg.cookie(Feature.EXTERNAL),
     )
 
 
@@ -263,7 +263,7 @@ def node_flows(cfg: BridgeConfig, node_ip: str) -> list[Flow]:
             Match.of(in_port=cfg.uplink_port, eth_type=ETH_TYPE_IP, ipv4_src=node_ip,
                      ipv4_dst=MULTICAST_NET),
             (Drop(),),
-            cfg.cookie(Category.NODE, _ip_int(node_ip)),
+            cfg.cookie(Feature.NODE, _ip_int(node_ip)),
         )
     ]
 
@@ -308,7 +308,7 @@ def route_flow(cfg: BridgeConfig, group_ip: str, group_id: int) -> Flow:
         priorities.NORMAL,
         Match.of(eth_type=ETH_TYPE_IP, ipv4_dst=group_ip),
         (GroupAction(group_id),),
-        cfg.cookie(Category.GROUP, _ip_int(group_ip)),
+        cfg.cookie(Feature.GROUP, _ip_int(group_ip)),
     )
 
 
@@ -324,7 +324,7 @@ def source_route_flow(cfg: BridgeConfig, source_ip: str, group_ip: str, group_id
         priorities.SOURCE_SPECIFIC,
         Match.of(eth_type=ETH_TYPE_IP, ipv4_src=source_ip, ipv4_dst=group_ip),
         (GroupAction(group_id),),
-        cfg.cookie(Category.GROUP, group_id),
+        cfg.cookie(Feature.GROUP, group_id),
     )
 
 

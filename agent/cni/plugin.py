@@ -29,6 +29,7 @@ from typing import Any, TextIO
 
 from pyroute2.netlink.exceptions import NetlinkError
 
+from agent.api.server import AgentClient, ApiError, PodAttach
 from agent.cni import podnet
 from agent.cni.spec import (
     CURRENT_VERSION,
@@ -49,7 +50,6 @@ from agent.cni.spec import (
     NetConf,
     Result,
 )
-from agent.localapi import AgentClient, ApiError, PodAttach
 
 log = logging.getLogger(__name__)
 

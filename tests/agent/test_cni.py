@@ -22,8 +22,8 @@ import pytest
 from pyroute2 import IPRoute
 from pyroute2 import netns as pr_netns
 
+from agent.api.server import ApiError, LocalApiServer, PodAttach, PodInfo
 from agent.cni.podnet import host_ifname
-from agent.localapi import ApiError, LocalApiServer, PodAttach, PodInfo
 
 pytestmark = pytest.mark.lab
 

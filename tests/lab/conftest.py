@@ -449,7 +449,7 @@ class Lab:
 # from the pod's own MAC and IP, while the pod's kernel is not joined to the group.
 _FORGE_V2_REPORT = """
 import socket, sys
-from agent.igmp.packets import build_v2_report
+from agent.multicast.igmp.packets import build_v2_report
 group, ip = sys.argv[1], sys.argv[2]
 s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
 s.bind(("eth0", 0))

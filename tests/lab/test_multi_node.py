@@ -298,7 +298,7 @@ class Capture:
 # IGMP code; prints the wall-clock time it was sent.
 _SEND_QUERY = """
 import socket, sys, time
-from agent.igmp.packets import build_query
+from agent.multicast.igmp.packets import build_query
 s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
 s.bind(("eth0", 0))
 mac = s.getsockname()[4].hex(":")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 from pipeline import multicast as mc
-from pipeline.model import DesiredState
+from pipeline.model import SwitchState
 from pipeline.render import PortNames, render_flow, render_group
 from pipeline.tables import Pipeline
 
@@ -33,7 +33,7 @@ def config(mode: mc.Mode, round_: int = 3) -> mc.BridgeConfig:
 
 def build_state(mode: mc.Mode, round_: int, pods: Sequence[int],
                 groups: Mapping[str, tuple[int, Sequence[int], Sequence[str]]],
-                nodes: Sequence[str]) -> DesiredState:
+                nodes: Sequence[str]) -> SwitchState:
     """Initial flows, pod flows, per group IP (group id, local ports, remote nodes) its group
     and route flow, and node flows."""
     cfg = config(mode, round_)
@@ -48,16 +48,16 @@ def build_state(mode: mc.Mode, round_: int, pods: Sequence[int],
     for node in nodes:
         flows += mc.node_flows(cfg, node)
     out_groups.append(mc.query_group(pods))
-    return DesiredState(flows=tuple(flows), groups=tuple(out_groups))
+    return SwitchState(flows=tuple(flows), groups=tuple(out_groups))
 
 
-def sample_state(mode: mc.Mode, round_: int = 3) -> DesiredState:
+def sample_state(mode: mc.Mode, round_: int = 3) -> SwitchState:
     """Initial flows, two pods, one group with its route flow, one remote node."""
     return build_state(mode, round_, POD_PORTS, {GROUP_IP: (GROUP_ID, POD_PORTS, PEER_IPS)},
                        PEER_IPS[:1])
 
 
-def render_state(state: DesiredState, pipeline: Pipeline,
+def render_state(state: SwitchState, pipeline: Pipeline,
                  port_names: PortNames = None) -> tuple[list[str], list[str]]:
     """(flow lines, group lines) in the state's order."""
     return (

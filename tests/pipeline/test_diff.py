@@ -12,7 +12,6 @@ from pipeline import multicast as mc
 from pipeline.diff import DiffError, apply_ops, canonical, diff, flow_sort_key, index_flows
 from pipeline.model import (
     Bucket,
-    DesiredState,
     Drop,
     Flow,
     GotoTable,
@@ -21,6 +20,7 @@ from pipeline.model import (
     Match,
     Meter,
     Output,
+    SwitchState,
 )
 from pipeline.ops import Command, FlowOp, GroupOp, MeterOp, Op
 
@@ -47,23 +47,23 @@ def test_equal_states_need_nothing() -> None:
 
 def test_add_everything_into_an_empty_switch() -> None:
     s = sample_state(mc.Mode.ENCAP)
-    ops = diff(s, DesiredState())
+    ops = diff(s, SwitchState())
     assert {op.command for op in ops} == {Command.ADD}
-    assert apply_ops(DesiredState(), ops) == canonical(s)
+    assert apply_ops(SwitchState(), ops) == canonical(s)
 
 
 def test_delete_everything() -> None:
     s = replace(sample_state(mc.Mode.NOENCAP), meters=(Meter(1, 100),))
-    ops = diff(DesiredState(), s)
+    ops = diff(SwitchState(), s)
     assert {op.command for op in ops} == {Command.DELETE}
     assert _kinds(ops)[-3:] == [("GroupOp", Command.DELETE)] * 2 + [("MeterOp", Command.DELETE)]
-    assert apply_ops(s, ops) == DesiredState()
+    assert apply_ops(s, ops) == SwitchState()
 
 
 def test_actions_change_is_modify_cookie_change_is_add() -> None:
-    have = DesiredState(flows=(_route("239.1.1.1", 1), _route("239.1.1.2", 1)),
+    have = SwitchState(flows=(_route("239.1.1.1", 1), _route("239.1.1.2", 1)),
                         groups=(_group(1, 1), _group(2, 2)))
-    want = DesiredState(flows=(_route("239.1.1.1", 2), _route("239.1.1.2", 1, cookie=9)),
+    want = SwitchState(flows=(_route("239.1.1.1", 2), _route("239.1.1.2", 1, cookie=9)),
                         groups=have.groups)
     ops = diff(want, have)
     assert ops == [FlowOp(Command.MODIFY, want.flows[0]), FlowOp(Command.ADD, want.flows[1])]
@@ -72,7 +72,7 @@ def test_actions_change_is_modify_cookie_change_is_add() -> None:
 
 def test_modify_alone_would_keep_the_old_cookie() -> None:
     # What the replay knows about OVS: an OpenFlow 1.3 modify keeps the cookie.
-    have = DesiredState(flows=(_route("239.1.1.1", 1, cookie=1),), groups=(_group(1, 1),))
+    have = SwitchState(flows=(_route("239.1.1.1", 1, cookie=1),), groups=(_group(1, 1),))
     new = _route("239.1.1.1", 1, cookie=2)
     after = apply_ops(have, [FlowOp(Command.MODIFY, new)])
     assert after.flows[0].cookie == 1
@@ -80,12 +80,12 @@ def test_modify_alone_would_keep_the_old_cookie() -> None:
 
 
 def test_group_modify_and_order_of_classes() -> None:
-    have = DesiredState(
+    have = SwitchState(
         flows=(_route("239.1.1.1", 1), _route("239.1.1.9", 9)),
         groups=(_group(1, 1), _group(9, 9)),
         meters=(Meter(3, 10), Meter(4, 10)),
     )
-    want = DesiredState(
+    want = SwitchState(
         flows=(_route("239.1.1.1", 1), _route("239.1.1.2", 2)),
         groups=(_group(1, 1, 2), _group(2, 3)),
         meters=(Meter(3, 20), Meter(5, 10)),
@@ -106,8 +106,8 @@ def test_group_modify_and_order_of_classes() -> None:
 
 
 def test_group_deletes_come_after_the_flows_that_used_them() -> None:
-    have = DesiredState(flows=(_route("239.1.1.1", 1),), groups=(_group(1, 1),))
-    want = DesiredState(flows=(_route("239.1.1.1", 2),), groups=(_group(2, 2),))
+    have = SwitchState(flows=(_route("239.1.1.1", 1),), groups=(_group(1, 1),))
+    want = SwitchState(flows=(_route("239.1.1.1", 2),), groups=(_group(2, 2),))
     ops = diff(want, have)
     assert _kinds(ops) == [("GroupOp", Command.ADD), ("FlowOp", Command.MODIFY),
                            ("GroupOp", Command.DELETE)]
@@ -131,8 +131,8 @@ def test_deterministic_sort_within_a_class() -> None:
         Flow(layout.CLASSIFIER, 200, Match.of(eth_type=0x800, ipv4_dst="224.0.0.0"), (Drop(),)),
         Flow(layout.EGRESS_RULE, 0, Match(), (GotoTable(layout.EGRESS_METRIC),)),
     ]
-    want = DesiredState(flows=tuple(flows))
-    got = [op.flow for op in diff(want, DesiredState())]
+    want = SwitchState(flows=tuple(flows))
+    got = [op.flow for op in diff(want, SwitchState())]
     assert got == sorted(flows, key=lambda f: flow_sort_key(f, P))
     assert [(f.table, f.priority) for f in got] == [
         (layout.CLASSIFIER, 100), *[(layout.CLASSIFIER, 200)] * 4, (layout.EGRESS_RULE, 0),
@@ -140,17 +140,17 @@ def test_deterministic_sort_within_a_class() -> None:
     ports = [f.match.get("in_port").value for f in got[1:5] if f.match.get("in_port")]
     assert ports == [2, 10]  # numeric, not textual
     # The same ops whatever order the states list things in.
-    assert diff(DesiredState(flows=tuple(reversed(flows))), DesiredState()) == \
-        diff(want, DesiredState())
+    assert diff(SwitchState(flows=tuple(reversed(flows))), SwitchState()) == \
+        diff(want, SwitchState())
 
 
 def test_large_group_is_split_in_order() -> None:
     big = Group(7, tuple(mc.remote_bucket(f"10.0.{i // 200}.{i % 200 + 1}") for i in range(1500)))
-    want = DesiredState(flows=(_route("239.1.1.7", 7),), groups=(big,))
-    ops = diff(want, DesiredState(), bucket_cap=700)
+    want = SwitchState(flows=(_route("239.1.1.7", 7),), groups=(big,))
+    ops = diff(want, SwitchState(), bucket_cap=700)
     assert _kinds(ops) == [("GroupOp", Command.ADD), ("GroupOp", Command.INSERT_BUCKETS),
                            ("GroupOp", Command.INSERT_BUCKETS), ("FlowOp", Command.ADD)]
-    assert apply_ops(DesiredState(), ops) == canonical(want)
+    assert apply_ops(SwitchState(), ops) == canonical(want)
     shrink = replace(big, buckets=big.buckets[:10])
     ops = diff(replace(want, groups=(shrink,)), want)
     assert ops == [GroupOp(Command.MODIFY, shrink)]
@@ -159,22 +159,22 @@ def test_large_group_is_split_in_order() -> None:
 def test_inconsistent_states_are_refused() -> None:
     a, b = _route("239.1.1.1", 1), _route("239.1.1.1", 2)
     with pytest.raises(DiffError, match="share key"):
-        diff(DesiredState(flows=(a, b)), DesiredState())
+        diff(SwitchState(flows=(a, b)), SwitchState())
     assert index_flows([a, a]) == {a.key: a}  # identical duplicates merge
     with pytest.raises(DiffError, match="group"):
-        diff(DesiredState(groups=(_group(1, 1), _group(1, 2))), DesiredState())
+        diff(SwitchState(groups=(_group(1, 1), _group(1, 2))), SwitchState())
 
 
 def test_replay_errors_like_ovs() -> None:
     g = _group(1, 1)
     with pytest.raises(DiffError, match="EXISTS"):
-        apply_ops(DesiredState(groups=(g,)), [GroupOp(Command.ADD, g)])
+        apply_ops(SwitchState(groups=(g,)), [GroupOp(Command.ADD, g)])
     with pytest.raises(DiffError, match="UNKNOWN_GROUP"):
-        apply_ops(DesiredState(), [GroupOp(Command.MODIFY, g)])
+        apply_ops(SwitchState(), [GroupOp(Command.MODIFY, g)])
     with pytest.raises(DiffError, match="UNKNOWN_METER"):
-        apply_ops(DesiredState(), [MeterOp(Command.MODIFY, Meter(1, 1))])
+        apply_ops(SwitchState(), [MeterOp(Command.MODIFY, Meter(1, 1))])
     # modify of a missing flow does nothing in OpenFlow 1.3
-    assert apply_ops(DesiredState(groups=(g,)), [FlowOp(Command.MODIFY, _route("239.1.1.1", 1))]
+    assert apply_ops(SwitchState(groups=(g,)), [FlowOp(Command.MODIFY, _route("239.1.1.1", 1))]
                      ).flows == ()
 
 

@@ -6,7 +6,6 @@ import pytest
 
 from pipeline.model import (
     Bucket,
-    DesiredState,
     Drop,
     FieldMatch,
     Flow,
@@ -21,6 +20,7 @@ from pipeline.model import (
     Output,
     SetField,
     SetTunnelDst,
+    SwitchState,
 )
 from pipeline.registers import IN_CLASS, OUT_KIND, OUT_PORT, OutKind, PortClass
 
@@ -140,5 +140,5 @@ def test_group_and_meter_ranges() -> None:
 
 
 def test_desired_state_defaults_are_empty() -> None:
-    s = DesiredState()
+    s = SwitchState()
     assert s.flows == s.groups == s.meters == ()

@@ -23,7 +23,7 @@ from mcast_samples import (
 
 from pipeline import multicast as mc
 from pipeline.diff import diff
-from pipeline.model import DesiredState, Group, Meter
+from pipeline.model import Group, Meter, SwitchState
 from pipeline.ops import Command, GroupOp
 from pipeline.render import (
     needs_openflow15,
@@ -75,7 +75,7 @@ def dump_groups(node: OvsNode) -> list[str]:
     return sorted(_lines(node.ofctl("--names", "dump-groups", BR)))
 
 
-def load_state(node: OvsNode, state: DesiredState, tmp: Path) -> None:
+def load_state(node: OvsNode, state: SwitchState, tmp: Path) -> None:
     flows, groups = render_state(state, P, PORT_NAMES)
     (tmp / "groups.txt").write_text("".join(g + "\n" for g in groups))
     (tmp / "flows.txt").write_text("".join(f + "\n" for f in flows))
@@ -83,7 +83,7 @@ def load_state(node: OvsNode, state: DesiredState, tmp: Path) -> None:
     node.ofctl("--bundle", "add-flows", BR, str(tmp / "flows.txt"))
 
 
-def assert_switch_holds(node: OvsNode, state: DesiredState) -> None:
+def assert_switch_holds(node: OvsNode, state: SwitchState) -> None:
     flows, groups = render_state(state, P, PORT_NAMES)
     assert dump_flows(node) == sorted(flows)
     assert dump_groups(node) == sorted(groups)
@@ -128,7 +128,7 @@ def test_diff_bundle_reaches_the_desired_state(ovs_node: OvsNode, tmp_path: Path
     apply_bundle(ovs_node, diff(bumped, new), tmp_path, "bump.txt")
     assert_switch_holds(ovs_node, bumped)
     # And back to nothing: flows first, groups last.
-    apply_bundle(ovs_node, diff(DesiredState(), bumped), tmp_path, "empty.txt")
+    apply_bundle(ovs_node, diff(SwitchState(), bumped), tmp_path, "empty.txt")
     assert dump_flows(ovs_node) == [] and dump_groups(ovs_node) == []
 
 
@@ -153,16 +153,16 @@ def test_split_group_of_2000_buckets_in_one_bundle(ovs_node: OvsNode, tmp_path: 
     make_bridge(ovs_node, "OpenFlow13,OpenFlow15")
     big = _big_group(2000)
     assert len(big.buckets) == 2000  # 1999 remote + the external bucket
-    ops = diff(DesiredState(groups=(big,)), DesiredState())
+    ops = diff(SwitchState(groups=(big,)), SwitchState())
     assert [op.command for op in ops] == [Command.ADD] + [Command.INSERT_BUCKETS] * 2
     apply_bundle(ovs_node, ops, tmp_path)
     assert bucket_counts(ovs_node) == {9: 2000}
     # A MODIFY that shrinks, then one that grows (split again), in one bundle each.
     small = replace(big, buckets=big.buckets[:3])
-    apply_bundle(ovs_node, diff(DesiredState(groups=(small,)), DesiredState(groups=(big,))),
+    apply_bundle(ovs_node, diff(SwitchState(groups=(small,)), SwitchState(groups=(big,))),
                  tmp_path, "shrink.txt")
     assert dump_groups(ovs_node) == [render_group(small, P, PORT_NAMES)]
-    ops = diff(DesiredState(groups=(big,)), DesiredState(groups=(small,)))
+    ops = diff(SwitchState(groups=(big,)), SwitchState(groups=(small,)))
     assert [op.command for op in ops] == [Command.MODIFY] + [Command.INSERT_BUCKETS] * 2
     apply_bundle(ovs_node, ops, tmp_path, "grow.txt")
     assert bucket_counts(ovs_node) == {9: 2000}
@@ -175,7 +175,7 @@ def test_split_group_buckets_arrive_complete_and_in_order(ovs_node: OvsNode,
                                                          tmp_path: Path) -> None:
     make_bridge(ovs_node, "OpenFlow13,OpenFlow15")
     group = _big_group(850)  # under 64 KiB, so OVS can still dump its description
-    ops = diff(DesiredState(groups=(group,)), DesiredState(), bucket_cap=300)
+    ops = diff(SwitchState(groups=(group,)), SwitchState(), bucket_cap=300)
     assert [len(op.group.buckets) for op in ops] == [300, 300, 250]
     apply_bundle(ovs_node, ops, tmp_path)
     assert dump_groups(ovs_node) == [render_group(group, P, PORT_NAMES)]

@@ -27,15 +27,18 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from agent import forwarding as fw
-from agent import ofchannel, ofconvert, switchops
-from agent.igmp.membership import ANY_SOURCE
-from agent.ofswitch import OpenFlowSwitch
-from agent.ovsdb import Ovsdb
-from agent.reconciler import Reconciler
+from agent.flowsync import switch as switchops
+from agent.flowsync.reconciler import Reconciler
+from agent.multicast import forwarding as fw
+from agent.multicast.igmp.membership import ANY_SOURCE
+from agent.ovs import channel as ofchannel
+from agent.ovs import convert as ofconvert
+from agent.ovs.ovsdb import Ovsdb
+from agent.ovs.switch import OpenFlowSwitch
 from pipeline import multicast as mc
+from pipeline.cookies import Feature
 from pipeline.diff import canonical, diff
-from pipeline.model import DesiredState
+from pipeline.model import SwitchState
 from tools.bench.common import CpuMeter, Stopwatch, rate, summary
 from tools.mclab.netns import listen_in
 from tools.mclab.ovsnode import OvsNode
@@ -60,16 +63,17 @@ def local_ports(i: int, variant: int = 0) -> list[int]:
     return sorted({(i + k + variant) % len(POD_PORTS) + 1 for k in (0, 3, 5)})
 
 
-def group_state(i: int, variant: int = 0) -> DesiredState:
+def group_state(i: int, variant: int = 0) -> SwitchState:
     """What the agent wants for group ``i``: (*, G) route flow and group, members any-source."""
     members = {p: ANY_SOURCE for p in local_ports(i, variant)}
     return fw.group_state(CFG, group_ip(i), lambda _source: i + 1, members, REMOTES)
 
 
-def base_states() -> dict[tuple[str, str], DesiredState]:
-    states = {(fw.PIPELINE, ""): fw.pipeline_state(CFG), (fw.QUERY, ""): fw.query_state(POD_PORTS)}
+def base_states() -> dict[tuple[Feature, str], SwitchState]:
+    states = {(Feature.PIPELINE, ""): fw.pipeline_state(CFG),
+              (Feature.IGMP, "query"): fw.query_state(POD_PORTS)}
     for p in POD_PORTS:
-        states[(fw.POD, str(p))] = fw.pod_state(CFG, p)
+        states[(Feature.POD, str(p))] = fw.pod_state(CFG, p)
     return states
 
 
@@ -85,7 +89,7 @@ class TimedSwitch:
             self.sw.apply(ops)
         self.applies.append((len(ops), t.s))
 
-    def dump(self) -> DesiredState:
+    def dump(self) -> SwitchState:
         return self.sw.dump()
 
 
@@ -124,12 +128,12 @@ def ovs_counts(node: OvsNode) -> dict[str, int]:
 
 def pure_costs(n: int) -> dict[str, float]:
     """Builders and diff per group, without a switch (µs per group)."""
-    base = DesiredState()
+    base = SwitchState()
     for st in base_states().values():
-        base = DesiredState(base.flows + st.flows, base.groups + st.groups)
+        base = SwitchState(base.flows + st.flows, base.groups + st.groups)
     with Stopwatch() as build:
         states = [group_state(i) for i in range(n)]
-    desired = DesiredState(base.flows + tuple(f for s in states for f in s.flows),
+    desired = SwitchState(base.flows + tuple(f for s in states for f in s.flows),
                            base.groups + tuple(g for s in states for g in s.groups))
     with Stopwatch() as canon:
         desired = canonical(desired, PIPE)
@@ -181,7 +185,7 @@ def _changes(rec: Reconciler, sw: OpenFlowSwitch, n: int, count: int) -> dict[st
         i = extra if kind == "add" else (k * 7919) % n
         # Straight to the switch: the small bundle one change needs (diff of that key alone).
         if kind == "add":
-            new, old = group_state(i), DesiredState()
+            new, old = group_state(i), SwitchState()
         else:
             new, old = group_state(i, variant=1000 + k), group_state(i, variant.get(i, 0))
         ops = diff(new, old, pipeline=PIPE)
@@ -193,7 +197,7 @@ def _changes(rec: Reconciler, sw: OpenFlowSwitch, n: int, count: int) -> dict[st
         # The same change as the agent makes it: set the key, flush the whole state.
         variant[i] = k + 1
         with Stopwatch() as t:
-            rec.set(fw.GROUP, group_ip(i), group_state(i, variant=k + 1))
+            rec.set(Feature.GROUP, group_ip(i), group_state(i, variant=k + 1))
             rec.flush()
         via_flush[kind].append(t.ms)
         extra += kind == "add"
@@ -210,15 +214,15 @@ def _one_size(rec: Reconciler, timed: TimedSwitch, node: OvsNode, vswitchd: int,
     with Stopwatch() as build:
         states = [(group_ip(i), group_state(i)) for i in range(n)]
     for key, st in states:
-        rec.set(fw.GROUP, key, st)
+        rec.set(Feature.GROUP, key, st)
     out["install"] = _bulk(rec, timed, vswitchd, n, "add")
     out["install"]["build_s"] = round(build.s, 4)
     out["on_switch_after_install"] = ovs_counts(node)
     out["per_change"] = _changes(rec, timed.sw, n, changes)
     for i in range(n):
-        rec.set(fw.GROUP, group_ip(i), group_state(i, variant=changes + 7))
+        rec.set(Feature.GROUP, group_ip(i), group_state(i, variant=changes + 7))
     out["modify_all"] = _bulk(rec, timed, vswitchd, n, "modify")
-    for feature, key in rec.keys(fw.GROUP):
+    for feature, key in rec.keys(Feature.GROUP):
         rec.remove(feature, key)
     out["delete_all"] = _bulk(rec, timed, vswitchd, n, "delete")
     out["on_switch_after_delete"] = ovs_counts(node)

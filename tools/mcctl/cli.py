@@ -12,7 +12,7 @@ import argparse
 import os
 import sys
 
-from agent.localapi import AgentClient, ApiError
+from agent.api.server import AgentClient, ApiError
 from tools.mcctl.format import join_limited, structured, table
 
 DEFAULT_SOCKET = "/var/run/kube-mcast/agent.sock"

@@ -21,8 +21,8 @@ import sys
 
 from pyroute2 import netns as pr_netns
 
+from agent.api.server import AgentClient, ApiError
 from agent.config import ConfigError, parse_duration
-from agent.localapi import AgentClient, ApiError
 from tools.mclab import lab as L
 from tools.mclab import state as st
 from tools.mclab.ovsnode import OvsError, is_alive

@@ -20,8 +20,8 @@ from pathlib import Path
 import yaml
 from pyroute2 import IPRoute
 
+from agent.api.server import AgentClient, ApiError
 from agent.cni.podnet import set_tx_checksum
-from agent.localapi import AgentClient, ApiError
 from tools.mclab import netns
 from tools.mclab import state as st
 from tools.mclab.ovsnode import OvsNode, pids_naming, require_ovs, terminate

@@ -28,7 +28,7 @@ from os_ken.ofproto import nicira_ext
 from os_ken.ofproto import ofproto_v1_5 as ofp
 from os_ken.ofproto import ofproto_v1_5_parser as ofpp
 
-from agent.switchops import CookieDelete, PacketIn, SwitchOp, next_bucket_id
+from agent.flowsync.switch import CookieDelete, PacketIn, SwitchOp, next_bucket_id
 from pipeline.model import (
     FIELD_KINDS,
     OFPP_CONTROLLER,

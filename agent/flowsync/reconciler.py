@@ -2,7 +2,7 @@
 
 This module owns the agent's record of what is on br-int (the "installed" cache) and the only
 path by which flows and groups reach the switch: features ``set``/``remove`` their
-``DesiredState`` under a key, ``flush`` diffs the union of all keys against the cache
+``SwitchState`` under a key, ``flush`` diffs the union of all keys against the cache
 (``pipeline.diff``) and applies the ops in one bundle. The cache changes only after the switch
 committed the bundle, so a failed flush is retried whole by the next one.
 
@@ -25,22 +25,23 @@ from collections.abc import Sequence
 from typing import Protocol
 
 from agent import metrics
-from agent.switchops import CookieDelete, SwitchOp
-from pipeline.cookies import round_cookie_mask, round_of
+from agent.flowsync.switch import CookieDelete, SwitchOp
+from pipeline.cookies import Feature, round_cookie_mask, round_of
 from pipeline.diff import canonical, diff
 from pipeline.groupsplit import DEFAULT_BUCKET_CAP
-from pipeline.model import DesiredState, Flow, Group, Meter
+from pipeline.model import Flow, Group, Meter, SwitchState
 from pipeline.tables import Pipeline
 
 log = logging.getLogger(__name__)
 
-Key = tuple[str, str]
+Key = tuple[Feature, str]
+"""(owner, key): the feature that wants the state, and which of its objects (a pod, a group)."""
 
 
 class Switch(Protocol):
     def apply(self, ops: Sequence[SwitchOp]) -> None: ...
 
-    def dump(self) -> DesiredState: ...
+    def dump(self) -> SwitchState: ...
 
 
 class ConflictError(ValueError):
@@ -56,7 +57,7 @@ class Reconciler:
         self._pipeline = pipeline
         self._bucket_cap = bucket_cap
         self._lock = threading.RLock()
-        self._wanted: dict[Key, DesiredState] = {}
+        self._wanted: dict[Key, SwitchState] = {}
         self._synced = False  # False: what is installed is unknown; the next flush reads it
         self._by_key: dict[Key, _Index] = {}  # what each key has installed
         self._owners: dict[tuple[str, object], set[Key]] = {}  # (kind, ident) -> keys
@@ -66,22 +67,22 @@ class Reconciler:
 
     # -- desired state --------------------------------------------------------------------------
 
-    def set(self, feature: str, key: str, state: DesiredState) -> None:
+    def set(self, feature: Feature, key: str, state: SwitchState) -> None:
         """Replace what (feature, key) wants; takes effect at the next flush."""
         with self._lock:
             self._wanted[(feature, key)] = state
             self._dirty.add((feature, key))
 
-    def remove(self, feature: str, key: str) -> None:
+    def remove(self, feature: Feature, key: str) -> None:
         with self._lock:
             if self._wanted.pop((feature, key), None) is not None:
                 self._dirty.add((feature, key))
 
-    def keys(self, feature: str | None = None) -> list[Key]:
+    def keys(self, feature: Feature | None = None) -> list[Key]:
         with self._lock:
             return sorted(k for k in self._wanted if feature is None or k[0] == feature)
 
-    def desired(self) -> DesiredState:
+    def desired(self) -> SwitchState:
         """Union of every key's state; raises ConflictError naming the two owners of a clash."""
         with self._lock:
             flows: dict[tuple, tuple[Key, Flow]] = {}
@@ -94,17 +95,17 @@ class Reconciler:
                     _merge(groups, g.group_id, owner, g, "group")
                 for m in state.meters:
                     _merge(meters, m.meter_id, owner, m, "meter")
-            return DesiredState(tuple(v for _, v in flows.values()),
+            return SwitchState(tuple(v for _, v in flows.values()),
                                 tuple(v for _, v in groups.values()),
                                 tuple(v for _, v in meters.values()))
 
     @property
-    def installed(self) -> DesiredState | None:
+    def installed(self) -> SwitchState | None:
         """What is on the switch as of the last successful flush (None: unknown)."""
         with self._lock:
             if not self._synced:
                 return None
-            return canonical(DesiredState(
+            return canonical(SwitchState(
                 tuple(f for i in self._by_key.values() for f in i.flows.values()),
                 tuple(g for i in self._by_key.values() for g in i.groups.values()),
                 tuple(m for i in self._by_key.values() for m in i.meters.values())),
@@ -112,7 +113,7 @@ class Reconciler:
 
     # -- reconciling ----------------------------------------------------------------------------
 
-    def _diff(self, desired: DesiredState, actual: DesiredState) -> list[SwitchOp]:
+    def _diff(self, desired: SwitchState, actual: SwitchState) -> list[SwitchOp]:
         return list(diff(desired, actual, bucket_cap=self._bucket_cap, pipeline=self._pipeline))
 
     def flush(self) -> list[SwitchOp]:
@@ -160,7 +161,7 @@ class Reconciler:
                 for ident in getattr(idx, kind):
                     self._owners.setdefault((kind, ident), set()).add(key)
 
-    def _dirty_union(self, new: dict[Key, _Index]) -> tuple[DesiredState, DesiredState]:
+    def _dirty_union(self, new: dict[Key, _Index]) -> tuple[SwitchState, SwitchState]:
         """(want, have) over the items the dirty keys touch, with other keys' claims on them.
 
         Raises ConflictError when two keys want one item differently.
@@ -187,9 +188,9 @@ class Reconciler:
                     _merge(owners[kind], ident, k, item, kind[:-1])
                     want[kind][ident] = item
                     have[kind].setdefault(ident, item)
-        return (DesiredState(tuple(want["flows"].values()), tuple(want["groups"].values()),
+        return (SwitchState(tuple(want["flows"].values()), tuple(want["groups"].values()),
                              tuple(want["meters"].values())),
-                DesiredState(tuple(have["flows"].values()), tuple(have["groups"].values()),
+                SwitchState(tuple(have["flows"].values()), tuple(have["groups"].values()),
                              tuple(have["meters"].values())))
 
     def startup(self, round_: int) -> list[SwitchOp]:
@@ -199,7 +200,7 @@ class Reconciler:
             self._synced = False  # unknown until the bundle below commits
             return self._sync(self._switch.dump())
 
-    def _sync(self, actual: DesiredState) -> list[SwitchOp]:
+    def _sync(self, actual: SwitchState) -> list[SwitchOp]:
         desired = canonical(self.desired(), self._pipeline)
         # Never delete by a cookie that a desired flow still carries.
         keep = {round_of(f.cookie) for f in desired.flows} | {self._round}
@@ -228,14 +229,14 @@ class _Index:
 
     __slots__ = ("flows", "groups", "meters")
 
-    def __init__(self, state: DesiredState) -> None:
+    def __init__(self, state: SwitchState) -> None:
         self.flows = {f.key: f for f in state.flows}
         self.groups = {g.group_id: g for g in state.groups}
         self.meters = {m.meter_id: m for m in state.meters}
 
 
 _KINDS = ("flows", "groups", "meters")
-_EMPTY = DesiredState()
+_EMPTY = SwitchState()
 
 
 def count_ops(ops: Sequence[SwitchOp]) -> None:

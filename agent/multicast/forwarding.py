@@ -1,7 +1,8 @@
 """What one node's br-int must hold, computed from the agent's state (pure).
 
-Each function returns the ``DesiredState`` of one reconciler key. The agent calls them for the
-keys an event touched; tests call them to feed the fake table and check delivery.
+Each function returns the ``SwitchState`` of one reconciler key ``(Feature, key)``. The agent
+calls them for the keys an event touched; tests call them to feed the fake table and check
+delivery.
 """
 
 from __future__ import annotations
@@ -9,36 +10,29 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Callable, Iterable, Mapping
 
-from agent.igmp.membership import FilterMode, SourceFilter
+from agent.multicast.igmp.membership import FilterMode, SourceFilter
 from pipeline import multicast as mc
-from pipeline.model import DesiredState
-
-# Reconciler features (the first half of a reconciler key).
-PIPELINE = "pipeline"
-POD = "pod"
-GROUP = "group"
-NODE = "node"
-QUERY = "query"
+from pipeline.model import SwitchState
 
 
-def pipeline_state(cfg: mc.BridgeConfig) -> DesiredState:
-    return DesiredState(flows=tuple(mc.initial_flows(cfg)))
+def pipeline_state(cfg: mc.BridgeConfig) -> SwitchState:
+    return SwitchState(flows=tuple(mc.initial_flows(cfg)))
 
 
-def pod_state(cfg: mc.BridgeConfig, ofport: int) -> DesiredState:
-    return DesiredState(flows=tuple(mc.pod_flows(cfg, ofport)))
+def pod_state(cfg: mc.BridgeConfig, ofport: int) -> SwitchState:
+    return SwitchState(flows=tuple(mc.pod_flows(cfg, ofport)))
 
 
-def query_state(pod_ports: Iterable[int]) -> DesiredState:
-    return DesiredState(groups=(mc.query_group(pod_ports),))
+def query_state(pod_ports: Iterable[int]) -> SwitchState:
+    return SwitchState(groups=(mc.query_group(pod_ports),))
 
 
-def node_state(cfg: mc.BridgeConfig, node_ip: str) -> DesiredState:
-    return DesiredState(flows=tuple(mc.node_flows(cfg, node_ip)))
+def node_state(cfg: mc.BridgeConfig, node_ip: str) -> SwitchState:
+    return SwitchState(flows=tuple(mc.node_flows(cfg, node_ip)))
 
 
 def group_state(cfg: mc.BridgeConfig, group_ip: str, group_ids: Callable[[str | None], int],
-                local: Mapping[int, SourceFilter], remote_nodes: Iterable[str]) -> DesiredState:
+                local: Mapping[int, SourceFilter], remote_nodes: Iterable[str]) -> SwitchState:
     """Route flows and replication groups of one multicast group with members somewhere.
 
     ``local`` maps member pod ports to their IGMPv3 source filter. Members that take any
@@ -62,7 +56,7 @@ def group_state(cfg: mc.BridgeConfig, group_ip: str, group_ids: Callable[[str | 
         gid = group_ids(source)
         flows.append(mc.source_route_flow(cfg, source, group_ip, gid))
         groups.append(mc.multicast_group(cfg, gid, ports, remotes))
-    return DesiredState(flows=tuple(flows), groups=tuple(groups))
+    return SwitchState(flows=tuple(flows), groups=tuple(groups))
 
 
 def _ip_int(ip: str) -> int:

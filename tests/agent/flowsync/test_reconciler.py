@@ -7,13 +7,13 @@ from dataclasses import replace
 
 import pytest
 
-from agent.reconciler import ConflictError, Reconciler
-from agent.switchops import CookieDelete, SwitchOp
+from agent.flowsync.reconciler import ConflictError, Reconciler
+from agent.flowsync.switch import CookieDelete, SwitchOp
 from pipeline import layout
 from pipeline import multicast as mc
-from pipeline.cookies import round_of
+from pipeline.cookies import Feature, round_of
 from pipeline.diff import DiffError, apply_ops, canonical
-from pipeline.model import DesiredState, Drop, Flow, Group, Match
+from pipeline.model import Drop, Flow, Group, Match, SwitchState
 from pipeline.ops import Command, FlowOp, GroupOp
 
 P = layout.multicast_pipeline()
@@ -22,8 +22,8 @@ P = layout.multicast_pipeline()
 class FakeSwitch:
     """Atomic bundles: either every op applies or the state is left as it was."""
 
-    def __init__(self, state: DesiredState | None = None) -> None:
-        self.state = canonical(state or DesiredState(), P)
+    def __init__(self, state: SwitchState | None = None) -> None:
+        self.state = canonical(state or SwitchState(), P)
         self.bundles: list[list[SwitchOp]] = []
         self.fail_next = False
 
@@ -41,7 +41,7 @@ class FakeSwitch:
         self.state = state
         self.bundles.append(list(ops))
 
-    def dump(self) -> DesiredState:
+    def dump(self) -> SwitchState:
         return self.state
 
 
@@ -51,11 +51,11 @@ def _cfg(round_: int) -> mc.BridgeConfig:
 
 def _load(rec: Reconciler, round_: int, ports: Sequence[int], remote: Sequence[str]) -> None:
     cfg = _cfg(round_)
-    rec.set("pipeline", "", DesiredState(tuple(mc.initial_flows(cfg)),
+    rec.set(Feature.PIPELINE, "", SwitchState(tuple(mc.initial_flows(cfg)),
                                          (mc.query_group(ports),)))
     for p in ports:
-        rec.set("pod", str(p), DesiredState(tuple(mc.pod_flows(cfg, p))))
-    rec.set("group", "239.1.1.1", DesiredState(
+        rec.set(Feature.POD, str(p), SwitchState(tuple(mc.pod_flows(cfg, p))))
+    rec.set(Feature.GROUP, "239.1.1.1", SwitchState(
         (mc.route_flow(cfg, "239.1.1.1", 5),), (mc.multicast_group(cfg, 5, ports, remote),)))
 
 
@@ -66,7 +66,7 @@ def test_flush_applies_only_the_difference() -> None:
     first = rec.flush()
     assert sw.state == canonical(rec.desired(), P)
     assert rec.flush() == []  # nothing changed
-    rec.remove("pod", "2")
+    rec.remove(Feature.POD, "2")
     ops = rec.flush()
     assert ops and all(isinstance(op, FlowOp) and op.command is Command.DELETE for op in ops)
     assert len(sw.bundles) == 2 and len(first) > len(ops)
@@ -78,7 +78,7 @@ def test_failed_flush_keeps_the_cache() -> None:
     _load(rec, 1, [1], [])
     rec.flush()
     before = rec.installed
-    rec.remove("pod", "1")
+    rec.remove(Feature.POD, "1")
     sw.fail_next = True
     with pytest.raises(DiffError):
         rec.flush()
@@ -130,8 +130,8 @@ def test_failed_startup_resyncs_on_next_flush() -> None:
 
 def test_conflicting_keys_are_named() -> None:
     rec = Reconciler(FakeSwitch(), P)
-    rec.set("a", "1", DesiredState(groups=(Group(3, ()),)))
-    rec.set("b", "2", DesiredState(groups=(mc.query_group([1]), replace(
+    rec.set("a", "1", SwitchState(groups=(Group(3, ()),)))
+    rec.set("b", "2", SwitchState(groups=(mc.query_group([1]), replace(
         mc.query_group([1]), group_id=3))))
     with pytest.raises(ConflictError, match=r"group 3 wanted differently by \('a', '1'\)"):
         rec.desired()
@@ -142,7 +142,7 @@ def test_large_group_is_split_into_inserts() -> None:
     rec = Reconciler(sw, P)
     cfg = _cfg(1)
     remotes = [f"10.{i // 250}.{i % 250}.1" for i in range(1500)]
-    rec.set("group", "g", DesiredState((mc.route_flow(cfg, "239.9.9.9", 9),),
+    rec.set(Feature.GROUP, "g", SwitchState((mc.route_flow(cfg, "239.9.9.9", 9),),
                                        (mc.multicast_group(cfg, 9, [1], remotes),)))
     ops = rec.flush()
     kinds = [op.command for op in ops if isinstance(op, GroupOp)]
@@ -159,12 +159,12 @@ def test_incremental_flushes_end_where_a_full_diff_would() -> None:
     rec.flush()
     for i in range(30):
         g = f"239.2.0.{i + 1}"
-        rec.set("group", g, DesiredState((mc.route_flow(cfg, g, 100 + i),),
+        rec.set(Feature.GROUP, g, SwitchState((mc.route_flow(cfg, g, 100 + i),),
                                          (mc.multicast_group(cfg, 100 + i, [1 + i % 3], []),)))
         rec.flush()
         assert len(sw.bundles[-1]) == 2  # one group, one flow: no re-diff of the rest
     for i in range(0, 30, 2):
-        rec.remove("group", f"239.2.0.{i + 1}")
+        rec.remove(Feature.GROUP, f"239.2.0.{i + 1}")
         rec.flush()
     assert sw.state == canonical(rec.desired(), P)
     assert rec.installed == sw.state
@@ -174,8 +174,8 @@ def test_an_item_two_keys_want_lives_until_both_let_go() -> None:
     sw = FakeSwitch()
     rec = Reconciler(sw, P)
     shared = Flow(layout.OUTPUT, 300, Match.of(in_port=7), (Drop(),), 0x1)
-    rec.set("a", "1", DesiredState((shared,)))
-    rec.set("b", "1", DesiredState((shared,)))
+    rec.set("a", "1", SwitchState((shared,)))
+    rec.set("b", "1", SwitchState((shared,)))
     rec.flush()
     rec.remove("a", "1")
     rec.flush()
@@ -184,8 +184,8 @@ def test_an_item_two_keys_want_lives_until_both_let_go() -> None:
     rec.flush()
     assert shared not in sw.state.flows
     # and a clash between a changed key and an unchanged one is named
-    rec.set("a", "1", DesiredState((shared,)))
+    rec.set("a", "1", SwitchState((shared,)))
     rec.flush()
-    rec.set("b", "1", DesiredState((replace(shared, cookie=0x2),)))
+    rec.set("b", "1", SwitchState((replace(shared, cookie=0x2),)))
     with pytest.raises(ConflictError, match="flow"):
         rec.flush()

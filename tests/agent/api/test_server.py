@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.localapi import AgentApi, AgentClient, ApiError, LocalApiServer, PodAttach, PodInfo
+from agent.api.server import AgentApi, AgentClient, ApiError, LocalApiServer, PodAttach, PodInfo
 
 
 class DictAgent:

@@ -14,14 +14,14 @@ from oflab import add_veth, attached_switch, ensure_br_int, is_igmp, packet_sock
 from os_ken.lib.packet import ethernet, igmp, ipv4, packet
 from pyroute2 import IPRoute
 
-from agent.ofswitch import OpenFlowError, OpenFlowSwitch
-from agent.ovsdb import Ovsdb, OvsdbError, pod_external_ids
-from agent.reconciler import Reconciler
-from agent.switchops import PacketIn, SwitchOp
+from agent.flowsync.reconciler import Reconciler
+from agent.flowsync.switch import PacketIn, SwitchOp
+from agent.ovs.ovsdb import Ovsdb, OvsdbError, pod_external_ids
+from agent.ovs.switch import OpenFlowError, OpenFlowSwitch
 from pipeline import multicast as mc
-from pipeline.cookies import Category, round_of
+from pipeline.cookies import Feature, round_of
 from pipeline.diff import canonical
-from pipeline.model import OFPP_TABLE, DesiredState, Flow, GroupAction, Match, Meter, Output
+from pipeline.model import OFPP_TABLE, Flow, GroupAction, Match, Meter, Output, SwitchState
 from pipeline.ops import Command, FlowOp, GroupOp
 from tools.mclab import netns
 from tools.mclab.ovsnode import OvsNode
@@ -65,7 +65,7 @@ class Counting:
         self.bundles += 1
         self.sw.apply(ops)
 
-    def dump(self) -> DesiredState:
+    def dump(self) -> SwitchState:
         return self.sw.dump()
 
 
@@ -76,10 +76,11 @@ def _cfg(round_: int) -> mc.BridgeConfig:
 
 def _load(rec: Reconciler, round_: int, ports: Sequence[int], remotes: Sequence[str]) -> None:
     cfg = _cfg(round_)
-    rec.set("pipeline", "", DesiredState(tuple(mc.initial_flows(cfg)), (mc.query_group(ports),)))
+    rec.set(Feature.PIPELINE, "",
+            SwitchState(tuple(mc.initial_flows(cfg)), (mc.query_group(ports),)))
     for p in ports:
-        rec.set("pod", str(p), DesiredState(tuple(mc.pod_flows(cfg, p))))
-    rec.set("group", "239.1.1.1", DesiredState((mc.route_flow(cfg, "239.1.1.1", GROUP_ID),),
+        rec.set(Feature.POD, str(p), SwitchState(tuple(mc.pod_flows(cfg, p))))
+    rec.set(Feature.GROUP, "239.1.1.1", SwitchState((mc.route_flow(cfg, "239.1.1.1", GROUP_ID),),
                                                (mc.multicast_group(cfg, GROUP_ID, ports,
                                                                    remotes),)))
 
@@ -150,7 +151,7 @@ def test_initial_flows_in_one_bundle_read_back_equal(switch: OpenFlowSwitch,
     assert rec.flush() == [] and counting.bundles == 1
     # Meters cannot go in a bundle: they are applied around it.
     meter = Meter(1, rate_pps=100, burst=10)
-    rec.set("meter", "", DesiredState(meters=(meter,)))
+    rec.set("meter", "", SwitchState(meters=(meter,)))
     rec.flush()
     assert switch.dump().meters == (meter,)
     rec.remove("meter", "")
@@ -188,9 +189,9 @@ def test_rejected_bundle_names_the_op_and_changes_nothing(switch: OpenFlowSwitch
     before, installed = switch.dump(), rec.installed
     cfg = _cfg(1)
     bad = Flow(mc.layout.ROUTING, 200, Match.of(eth_type=0x800, ipv4_dst="239.9.9.9"),
-               (GroupAction(999),), cfg.cookie(Category.GROUP, 9))
-    rec.set("pod", "2", DesiredState(tuple(mc.pod_flows(cfg, 2))))  # valid, same bundle
-    rec.set("bad", "", DesiredState((bad,)))
+               (GroupAction(999),), cfg.cookie(Feature.GROUP, 9))
+    rec.set(Feature.POD, "2", SwitchState(tuple(mc.pod_flows(cfg, 2))))  # valid, same bundle
+    rec.set("bad", "", SwitchState((bad,)))
     with pytest.raises(OpenFlowError) as err:
         rec.flush()
     text = str(err.value)
@@ -259,6 +260,6 @@ def test_igmp_from_a_pod_is_punted_with_userdata(switch: OpenFlowSwitch, ovs_nod
     while pin.data[:len(report)] != report:  # skip anything the pod kernel sent on its own
         pin = got.get(timeout=5)
     assert pin.in_port == port and pin.userdata == bytes([mc.PuntReason.IGMP_POD])
-    assert pin.cookie == _cfg(1).cookie(Category.IGMP, port) and pin.table_id == 0
+    assert pin.cookie == _cfg(1).cookie(Feature.IGMP, port) and pin.table_id == 0
     assert pin.tun_src is None
     sock.close()

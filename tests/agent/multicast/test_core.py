@@ -11,8 +11,12 @@ from dataclasses import dataclass, field
 
 import pytest
 
+from agent.api.server import PodAttach
 from agent.config import parse_config
-from agent.igmp.packets import (
+from agent.flowsync.reconciler import Reconciler
+from agent.flowsync.switch import CookieDelete
+from agent.multicast.core import MulticastAgent
+from agent.multicast.igmp.packets import (
     GroupRecord,
     RecordType,
     build_v2_leave,
@@ -20,15 +24,11 @@ from agent.igmp.packets import (
     build_v3_reports,
     parse_frame,
 )
-from agent.igmp.packets import Query as IgmpQuery
-from agent.igmp.packets import ReportV3 as IgmpReportV3
-from agent.localapi import PodAttach
-from agent.multicast_agent import MulticastAgent
-from agent.reconciler import Reconciler
-from agent.switchops import CookieDelete
+from agent.multicast.igmp.packets import Query as IgmpQuery
+from agent.multicast.igmp.packets import ReportV3 as IgmpReportV3
 from pipeline.fake_table import FakeSwitch, Packet
 from pipeline.layout import multicast_pipeline
-from pipeline.model import OFPP_CONTROLLER, OFPP_TABLE, DesiredState, Output, SetTunnelDst
+from pipeline.model import OFPP_CONTROLLER, OFPP_TABLE, Output, SetTunnelDst, SwitchState
 from pipeline.multicast import BridgeConfig, Mode, PuntReason
 
 NODE_IP, NODE_MAC = "192.168.77.1", "02:77:00:00:00:01"
@@ -53,8 +53,8 @@ class FakeTableSwitch:
             else:
                 self.table.apply([op])
 
-    def dump(self) -> DesiredState:
-        return DesiredState(tuple(self.table.flows()), tuple(self.table.groups().values()))
+    def dump(self) -> SwitchState:
+        return SwitchState(tuple(self.table.flows()), tuple(self.table.groups().values()))
 
     def packet_out(self, data: bytes, actions: tuple, in_port: int | None = None) -> None:
         self.packet_outs.append((data, tuple(actions), in_port))
@@ -233,7 +233,7 @@ def test_queries_from_tunnel_and_uplink_are_answered_with_our_groups(env) -> Non
     agent, switch, _, (p1, p2, *_), _ = env
     join_v3(agent, p2, G)
     switch.sent()
-    from agent.igmp.packets import build_query
+    from agent.multicast.igmp.packets import build_query
 
     q = build_query(3, NODE3, "02:77:00:00:00:03")
     agent.handle_packet_in(PI(TUNNEL, bytes([PuntReason.IGMP_TUNNEL]), q, tun_src=NODE3))
@@ -363,7 +363,7 @@ def test_igmpv3_source_filters_are_enforced_in_the_data_plane(env) -> None:
 
 
 def test_a_disconnected_switch_defers_work_until_the_reconnect_sync(env) -> None:
-    from agent.ofchannel import SwitchDisconnected
+    from agent.ovs.channel import SwitchDisconnected
 
     agent, switch, clock, (p1, p2, *_), _ = env
     real_apply, real_out = switch.apply, switch.packet_out

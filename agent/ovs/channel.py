@@ -4,7 +4,7 @@ This module owns the transport under ``agent.ofswitch``: reading whole OpenFlow 
 the socket, numbering and sending encoded messages from several threads (one lock, in order),
 remembering what each recent xid was (so a late error can say which message it refers to),
 and the "ofchannel" log of every message sent and received (logger
-``agent.ofchannel.messages`` at DEBUG). It knows nothing of message
+``agent.ovs.channel.messages`` at DEBUG). It knows nothing of message
 contents; the os-ken codec modules are handed in, so os_ken is imported only by the adaptor.
 
 Also here: the exceptions the adaptor raises and the waiter a request blocks on.
@@ -26,7 +26,7 @@ from types import ModuleType
 from typing import Any
 
 log = logging.getLogger(__name__)
-ofchannel = logging.getLogger("agent.ofchannel.messages")
+ofchannel = logging.getLogger("agent.ovs.channel.messages")
 
 EXIT_FATAL = 70
 RECENT_XIDS = 1024

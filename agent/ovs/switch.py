@@ -28,17 +28,18 @@ from os_ken.ofproto import ofproto_parser
 from os_ken.ofproto import ofproto_v1_5 as ofp
 from os_ken.ofproto import ofproto_v1_5_parser as ofpp
 
-from agent import ofconvert, switchops
-from agent.ofchannel import (
+from agent.flowsync import switch as switchops
+from agent.flowsync.switch import CookieDelete, FlowStats, PacketIn, SwitchOp
+from agent.ovs import convert as ofconvert
+from agent.ovs.channel import (
     Channel,
     OpenFlowError,
     SwitchDisconnected,
     Waiter,
     exit_process,
 )
-from agent.ofconvert import OF_VERSION, Converter, ConvertError, error_message_text
-from agent.switchops import CookieDelete, FlowStats, PacketIn, SwitchOp
-from pipeline.model import OFPP_CONTROLLER, Action, DesiredState, Group
+from agent.ovs.convert import OF_VERSION, Converter, ConvertError, error_message_text
+from pipeline.model import OFPP_CONTROLLER, Action, Group, SwitchState
 from pipeline.ops import Command, MeterOp
 from pipeline.tables import Pipeline
 
@@ -423,14 +424,14 @@ class OpenFlowSwitch:
 
     # -- reading back ---------------------------------------------------------------------------
 
-    def dump(self) -> DesiredState:
+    def dump(self) -> SwitchState:
         """Flows (by the pipeline's table names), groups and meters now on the switch."""
         flows = [s.flow for s in self.flow_stats()]
         groups = self._groups()
         meters = [self.convert.meter_from_ofp(m) for r in self.request(
             ofpp.OFPMeterDescStatsRequest(self._require(), 0, ofp.OFPM_ALL), "dump meters")
             for m in r.body]
-        return DesiredState(tuple(flows), tuple(groups), tuple(meters))
+        return SwitchState(tuple(flows), tuple(groups), tuple(meters))
 
     def flow_stats(self, cookie: int = 0, mask: int = 0) -> list[FlowStats]:
         """Flows whose cookie matches (cookie, mask), with their packet and byte counts."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from agent.groupids import GroupIdAllocator, GroupIdsExhausted
+from agent.flowsync.groupids import GroupIdAllocator, GroupIdsExhausted
 
 
 def test_ids_are_stable_and_reused_lowest_first() -> None:

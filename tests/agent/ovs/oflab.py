@@ -18,8 +18,8 @@ from typing import TypeVar
 
 from pyroute2 import IPRoute
 
-from agent.ofswitch import OpenFlowSwitch
-from agent.ovsdb import Ovsdb
+from agent.ovs.ovsdb import Ovsdb
+from agent.ovs.switch import OpenFlowSwitch
 from pipeline.tables import Pipeline
 from tools.mclab import netns
 from tools.mclab.ovsnode import OvsNode

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.igmp.membership import (
+from agent.multicast.igmp.membership import (
     ANY_SOURCE,
     NO_SOURCE,
     FilterMode,
@@ -17,7 +17,7 @@ from agent.igmp.membership import (
     Timers,
     transition,
 )
-from agent.igmp.packets import (
+from agent.multicast.igmp.packets import (
     GroupRecord,
     LeaveV2,
     Query,

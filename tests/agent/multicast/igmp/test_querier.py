@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from agent.igmp.membership import Timers
-from agent.igmp.packets import Query, build_query, parse_frame
-from agent.igmp.querier import Querier, QueryArgs
+from agent.multicast.igmp.membership import Timers
+from agent.multicast.igmp.packets import Query, build_query, parse_frame
+from agent.multicast.igmp.querier import Querier, QueryArgs
 
 
 def test_due_at_start_then_startup_burst_then_interval() -> None:

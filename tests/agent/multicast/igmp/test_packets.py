@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from agent.igmp.membership import NO_SOURCE, Membership, transition
-from agent.igmp.packets import (
+from agent.multicast.igmp.membership import NO_SOURCE, Membership, transition
+from agent.multicast.igmp.packets import (
     REASONS,
     GroupRecord,
     LeaveV2,

@@ -19,14 +19,15 @@ from oflab import attached_switch, ensure_br_int
 from os_ken.ofproto import ofproto_protocol
 from os_ken.ofproto import ofproto_v1_5_parser as ofpp
 
-from agent.ofconvert import MAX_BUNDLED_MESSAGE, MAX_MESSAGE, OF_VERSION, Converter
-from agent.ofswitch import OpenFlowSwitch
-from agent.ovsdb import Ovsdb
-from agent.reconciler import Reconciler
-from agent.switchops import DESC_SAFE_BUCKETS
+from agent.flowsync.reconciler import Reconciler
+from agent.flowsync.switch import DESC_SAFE_BUCKETS
+from agent.ovs.convert import MAX_BUNDLED_MESSAGE, MAX_MESSAGE, OF_VERSION, Converter
+from agent.ovs.ovsdb import Ovsdb
+from agent.ovs.switch import OpenFlowSwitch
 from pipeline import multicast as mc
+from pipeline.cookies import Feature
 from pipeline.groupsplit import DEFAULT_BUCKET_CAP, op_size, split_group_op
-from pipeline.model import DesiredState, Group
+from pipeline.model import Group, SwitchState
 from pipeline.ops import Command, GroupOp
 from tools.mclab.ovsnode import OvsNode
 
@@ -102,7 +103,7 @@ class Counting:
         self.ops = list(ops)
         self.sw.apply(ops)
 
-    def dump(self) -> DesiredState:
+    def dump(self) -> SwitchState:
         return self.sw.dump()
 
 
@@ -111,8 +112,8 @@ def test_3000_bucket_group_in_one_bundle(switch: OpenFlowSwitch, ovs_node: OvsNo
     counting = Counting(switch)
     rec = Reconciler(counting, P)
     small = _group(2, gid=6, local=(1,))
-    rec.set("group", "small", DesiredState(groups=(small,)))
-    rec.set("group", "big", DesiredState((mc.route_flow(CFG, "239.1.1.1", 5),),
+    rec.set(Feature.GROUP, "small", SwitchState(groups=(small,)))
+    rec.set(Feature.GROUP, "big", SwitchState((mc.route_flow(CFG, "239.1.1.1", 5),),
                                          (_group(2999),)))
     rec.flush()  # reads the (empty) switch first, then one bundle
     kinds = [op.command for op in counting.ops if isinstance(op, GroupOp)
@@ -122,7 +123,7 @@ def test_3000_bucket_group_in_one_bundle(switch: OpenFlowSwitch, ovs_node: OvsNo
     assert _bucket_counts(ovs_node) == {5: 3000, 6: len(small.buckets)}
 
     # Grow it: MODIFY + INSERT_BUCKETS again, bucket ids restart at 0 and stay unique.
-    rec.set("group", "big", DesiredState((mc.route_flow(CFG, "239.1.1.1", 5),),
+    rec.set(Feature.GROUP, "big", SwitchState((mc.route_flow(CFG, "239.1.1.1", 5),),
                                          (_group(3100),)))
     rec.flush()
     assert counting.bundles == 2 and _bucket_counts(ovs_node)[5] == 3101

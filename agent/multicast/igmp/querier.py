@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from agent.igmp.membership import Timers
+from agent.multicast.igmp.membership import Timers
 
 SUPPORTED_VERSIONS = (1, 2, 3)
 _V2_MAX_RESP_S = 25.5  # 8-bit field in tenths of a second

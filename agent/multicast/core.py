@@ -15,12 +15,13 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
-from agent import forwarding as fw
 from agent import metrics
+from agent.api.server import ApiError, PodAttach, PodInfo
 from agent.config import AgentConfig
-from agent.groupids import GroupIdAllocator
-from agent.igmp.membership import ANY_SOURCE, Membership, Timers
-from agent.igmp.packets import (
+from agent.flowsync.groupids import GroupIdAllocator
+from agent.multicast import forwarding as fw
+from agent.multicast.igmp.membership import ANY_SOURCE, Membership, Timers
+from agent.multicast.igmp.packets import (
     GroupRecord,
     LeaveV2,
     MalformedIgmp,
@@ -33,20 +34,19 @@ from agent.igmp.packets import (
     build_v3_reports,
     parse_frame,
 )
-from agent.igmp.querier import Querier
-from agent.localapi import ApiError, PodAttach, PodInfo
-from agent.ofchannel import SwitchDisconnected
+from agent.multicast.igmp.querier import Querier
+from agent.ovs.channel import SwitchDisconnected
 from pipeline import layout
-from pipeline.cookies import CATEGORY_MASK, CATEGORY_SHIFT, Category
+from pipeline.cookies import FEATURE_MASK, FEATURE_SHIFT, Feature
 from pipeline.model import (
     OFPP_CONTROLLER,
     OFPP_TABLE,
     Action,
-    DesiredState,
     GroupAction,
     LoadReg,
     Output,
     SetTunnelDst,
+    SwitchState,
 )
 from pipeline.multicast import BridgeConfig, Mode, PuntReason
 from pipeline.multicast import pipeline as mc_pipeline
@@ -67,11 +67,11 @@ class Switch(Protocol):
 
     def flow_stats(self, cookie: int, cookie_mask: int) -> list[tuple[Any, int, int]]: ...
 
-    def dump(self) -> DesiredState: ...
+    def dump(self) -> SwitchState: ...
 
 
 class Reconciler(Protocol):
-    def set(self, feature: str, key: str, state: DesiredState) -> None: ...
+    def set(self, feature: str, key: str, state: SwitchState) -> None: ...
 
     def remove(self, feature: str, key: str) -> None: ...
 
@@ -123,7 +123,7 @@ class MulticastAgent:
 
     def start(self, existing_pods: Iterable[PodInfo] = (),
               install: Callable[[], object] | None = None,
-              found: DesiredState | None = None) -> None:
+              found: SwitchState | None = None) -> None:
         """Install the pipeline and re-adopt pods found on the bridge (agent restart).
 
         ``install`` replaces the plain flush at start-up (the reconciler's round swap).
@@ -131,18 +131,18 @@ class MulticastAgent:
         does not cut traffic while pods answer the start-up queries.
         """
         with self._lock:
-            self._rec.set(fw.PIPELINE, "", fw.pipeline_state(self.bridge))
+            self._rec.set(Feature.PIPELINE, "", fw.pipeline_state(self.bridge))
             for pod in existing_pods:
                 self._add_pod(pod)
             if found is not None:
                 self._restore(found)
-            self._rec.set(fw.QUERY, "", fw.query_state(self._by_port))
+            self._rec.set(Feature.IGMP, "query", fw.query_state(self._by_port))
             if install is not None:
                 install()
             else:
                 self._rec.flush()
 
-    def _restore(self, found: DesiredState) -> None:
+    def _restore(self, found: SwitchState) -> None:
         """Members of the groups a previous run installed, as if they had just reported.
 
         Real members refresh them at the start-up queries; stale ones age out like any silent
@@ -192,7 +192,7 @@ class MulticastAgent:
             pod = PodInfo(**{**req.__dict__, "ofport": ofport})
             try:
                 self._add_pod(pod)
-                self._rec.set(fw.QUERY, "", fw.query_state(self._by_port))
+                self._rec.set(Feature.IGMP, "query", fw.query_state(self._by_port))
                 self._rec.flush()
             except Exception:
                 self._remove_pod(req.container_id)
@@ -207,7 +207,7 @@ class MulticastAgent:
             if pod is None:
                 return
             changed = self._remove_pod(container_id)
-            self._rec.set(fw.QUERY, "", fw.query_state(self._by_port))
+            self._rec.set(Feature.IGMP, "query", fw.query_state(self._by_port))
             self._sync_groups(changed)
             self._rec.flush()
             self._ports.del_port(pod.host_ifname)
@@ -220,14 +220,14 @@ class MulticastAgent:
     def _add_pod(self, pod: PodInfo) -> None:
         self._pods[pod.container_id] = pod
         self._by_port[pod.ofport] = pod
-        self._rec.set(fw.POD, pod.container_id, fw.pod_state(self.bridge, pod.ofport))
+        self._rec.set(Feature.POD, pod.container_id, fw.pod_state(self.bridge, pod.ofport))
 
     def _remove_pod(self, container_id: str) -> set[str]:
         pod = self._pods.pop(container_id, None)
         if pod is None:
             return set()
         self._by_port.pop(pod.ofport, None)
-        self._rec.remove(fw.POD, container_id)
+        self._rec.remove(Feature.POD, container_id)
         return self.local.remove_member((POD_MEMBER, container_id))
 
     # ------------------------------------------------------------------ nodes
@@ -252,9 +252,9 @@ class MulticastAgent:
             changed: set[str] = set()
             for ip in gone:
                 changed |= self.remote.remove_member(ip)
-                self._rec.remove(fw.NODE, ip)
+                self._rec.remove(Feature.NODE, ip)
             for ip in set(new.values()) - set(self._nodes.values()):
-                self._rec.set(fw.NODE, ip, fw.node_state(self.bridge, ip))
+                self._rec.set(Feature.NODE, ip, fw.node_state(self.bridge, ip))
             self._nodes = new
             self._sync_groups(changed)
             self._rec.flush()
@@ -346,9 +346,9 @@ class MulticastAgent:
             state = (fw.group_state(self.bridge, g, gid_of, local, remotes)
                      if local or remotes else None)
             if state is None or not state.flows:
-                self._rec.remove(fw.GROUP, g)
+                self._rec.remove(Feature.GROUP, g)
             else:
-                self._rec.set(fw.GROUP, g, state)
+                self._rec.set(Feature.GROUP, g, state)
             for key in self._group_keys.get(g, set()) - used:
                 self._gids.release(key)
             if used:
@@ -468,8 +468,8 @@ class MulticastAgent:
             return out
 
     def pod_stats(self) -> list[dict]:
-        cookie = int(Category.POD) << CATEGORY_SHIFT
-        stats = self._switch.flow_stats(cookie, CATEGORY_MASK)
+        cookie = int(Feature.POD) << FEATURE_SHIFT
+        stats = self._switch.flow_stats(cookie, FEATURE_MASK)
         with self._lock:
             inbound = {p: 0 for p in self._by_port}
             outbound = {p: 0 for p in self._by_port}

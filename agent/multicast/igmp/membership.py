@@ -34,7 +34,7 @@ from collections import deque
 from collections.abc import Hashable, Iterable
 from dataclasses import dataclass
 
-from agent.igmp.packets import LeaveV2, RecordType, ReportV1, ReportV2, ReportV3
+from agent.multicast.igmp.packets import LeaveV2, RecordType, ReportV1, ReportV2, ReportV3
 
 Member = Hashable
 

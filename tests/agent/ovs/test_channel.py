@@ -15,8 +15,8 @@ from os_ken.ofproto import ofproto_protocol
 from os_ken.ofproto import ofproto_v1_5 as ofp
 from os_ken.ofproto import ofproto_v1_5_parser as ofpp
 
-from agent.ofconvert import OF_VERSION
-from agent.ofswitch import OpenFlowError, OpenFlowSwitch, SwitchDisconnected
+from agent.ovs.convert import OF_VERSION
+from agent.ovs.switch import OpenFlowError, OpenFlowSwitch, SwitchDisconnected
 from pipeline import layout
 from pipeline.model import Flow, GroupAction, Match
 from pipeline.ops import Command, FlowOp

@@ -232,7 +232,7 @@ def _scenario_v1_v2(version: int) -> None:
 
 
 def _scenario_v3() -> None:
-    from agent.igmp.packets import build_query  # our own builder, for the query scenario
+    from agent.multicast.igmp.packets import build_query  # our own builder, for the query scenario
 
     with Lab("cap3") as lab:
         lab.sysctl(lab.host, "net.ipv4.conf.eth0.force_igmp_version", 3)
