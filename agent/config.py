@@ -2,7 +2,9 @@
 
 The multicast keys follow Antrea's agent config (``featureGates``, ``multicast``,
 ``trafficEncapMode``); the node keys say where this agent's OVS, bridges and sockets are.
-Bad input raises ``ConfigError`` naming the key.
+Bad input raises ``ConfigError`` naming the key's path (``multicast.igmpQueryInterval``), and
+the file when read by ``load_config``. Every mapping declares its keys (``KEYS``,
+``FEATURE_GATES``): a misspelt key is an error, never silently a default.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import ipaddress
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +24,22 @@ from pipeline.multicast import Mode
 
 class ConfigError(ValueError):
     """The configuration is invalid; the message names the key."""
+
+
+# Feature gate -> default. Gates for policy and egress will join Multicast here.
+FEATURE_GATES: dict[str, bool] = {"Multicast": True}
+
+# The keys of each mapping ("" is the top level); anything else is rejected.
+KEYS: dict[str, tuple[str, ...]] = {
+    "": ("featureGates", "trafficEncapMode", "multicast", "node", "ovs", "apiSocket",
+         "metricsPort"),
+    "featureGates": tuple(FEATURE_GATES),
+    "multicast": ("enable", "multicastInterfaces", "igmpQueryInterval", "igmpMaxResponse",
+                  "igmpQueryVersions", "igmpRobustness"),
+    "node": ("name", "ip", "mac"),
+    "ovs": ("db", "runDir", "datapathType", "tunnelType", "intBridge", "phyBridge",
+            "controllerPort"),
+}
 
 
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h)$")
@@ -64,62 +82,82 @@ class AgentConfig:
     controller_port: int = 6653
     api_socket: str = "/var/run/kube-mcast/agent.sock"
     metrics_port: int = 0
-    state_dir: str = "/var/run/kube-mcast"
     node_mac: str = ""
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def uplink(self) -> str | None:
         return self.multicast_interfaces[0] if self.multicast_interfaces else None
 
 
-def _get(d: dict[str, Any], key: str, path: str, kind: type, default: Any) -> Any:
+def _path(section: str, key: object) -> str:
+    return f"{section}.{key}" if section else str(key)
+
+
+def _get(d: dict[str, Any], section: str, key: str, kind: type[Any], default: Any) -> Any:
+    """``d[key]`` (``d`` being mapping ``section``) if set, else ``default``; checked by type."""
+    assert key in KEYS[section], f"{_path(section, key)} read but not declared in KEYS"
     if key not in d or d[key] is None:
         return default
     v = d[key]
     if kind is int and isinstance(v, bool) or not isinstance(v, kind):
-        raise ConfigError(f"{path}{key}: expected {kind.__name__}, got {type(v).__name__}")
+        raise ConfigError(
+            f"{_path(section, key)}: expected {kind.__name__}, got {type(v).__name__}")
     return v
+
+
+def _section(raw: dict[str, Any], name: str) -> dict[str, Any]:
+    """Top-level mapping ``name`` (empty if absent), its keys checked against ``KEYS``."""
+    d: dict[str, Any] = _get(raw, "", name, dict, {})
+    _check_keys(d, name)
+    return d
+
+
+def _check_keys(d: dict[str, Any], section: str) -> None:
+    what = "feature gate" if section == "featureGates" else "key"
+    for key in d:
+        if key not in KEYS[section]:
+            known = ", ".join(sorted(KEYS[section]))
+            raise ConfigError(f"{_path(section, key)}: unknown {what} (known: {known})")
 
 
 def parse_config(raw: dict[str, Any], env: Mapping[str, str] | None = None) -> AgentConfig:
     """Validate ``raw``. node.name / node.ip default to $NODE_NAME / $NODE_IP (downward API)."""
     env = os.environ if env is None else env
     if not isinstance(raw, dict):
-        raise ConfigError("config: top level must be a mapping")
-    gates = _get(raw, "featureGates", "", dict, {})
-    mc = _get(raw, "multicast", "", dict, {})
-    node = _get(raw, "node", "", dict, {})
-    ovs = _get(raw, "ovs", "", dict, {})
+        raise ConfigError(f"top level: must be a mapping, got {type(raw).__name__}")
+    _check_keys(raw, "")
+    gates = _section(raw, "featureGates")
+    gate = {g: bool(_get(gates, "featureGates", g, bool, on)) for g, on in FEATURE_GATES.items()}
+    mc = _section(raw, "multicast")
+    node = _section(raw, "node")
+    ovs = _section(raw, "ovs")
 
-    mode_raw = _get(raw, "trafficEncapMode", "", str, "encap")
+    mode_raw = _get(raw, "", "trafficEncapMode", str, "encap")
     modes = {"encap": Mode.ENCAP, "noencap": Mode.NOENCAP}
     if mode_raw.lower() not in modes:
         raise ConfigError(f"trafficEncapMode: {mode_raw!r} is not one of encap, noEncap")
-    enabled = bool(_get(gates, "Multicast", "featureGates.", bool, True)) and bool(
-        _get(mc, "enable", "multicast.", bool, True)
-    )
-    versions = _get(mc, "igmpQueryVersions", "multicast.", list, [1, 2, 3])
+    enabled = gate["Multicast"] and bool(_get(mc, "multicast", "enable", bool, True))
+    versions = _get(mc, "multicast", "igmpQueryVersions", list, [1, 2, 3])
     if not versions or any(v not in (1, 2, 3) for v in versions):
         raise ConfigError(
             f"multicast.igmpQueryVersions: {versions!r} must be a subset of [1, 2, 3]"
         )
-    ifaces = _get(mc, "multicastInterfaces", "multicast.", list, [])
+    ifaces = _get(mc, "multicast", "multicastInterfaces", list, [])
     if any(not isinstance(i, str) or not i for i in ifaces):
         raise ConfigError("multicast.multicastInterfaces: must be a list of interface names")
 
-    name = _get(node, "name", "node.", str, env.get("NODE_NAME", ""))
+    name = _get(node, "node", "name", str, env.get("NODE_NAME", ""))
     if not name:
         raise ConfigError("node.name: required (or $NODE_NAME)")
-    ip = _get(node, "ip", "node.", str, env.get("NODE_IP", ""))
+    ip = _get(node, "node", "ip", str, env.get("NODE_IP", ""))
     try:
         ipaddress.IPv4Address(ip)
     except ValueError:
         raise ConfigError(f"node.ip: {ip!r} is not an IPv4 address") from None
-    tunnel = _get(ovs, "tunnelType", "ovs.", str, "vxlan")
+    tunnel = _get(ovs, "ovs", "tunnelType", str, "vxlan")
     if tunnel not in ("vxlan", "geneve"):
         raise ConfigError(f"ovs.tunnelType: {tunnel!r} is not vxlan or geneve")
-    dp = _get(ovs, "datapathType", "ovs.", str, "system")
+    dp = _get(ovs, "ovs", "datapathType", str, "system")
     if dp not in ("system", "netdev"):
         raise ConfigError(f"ovs.datapathType: {dp!r} is not system or netdev")
 
@@ -134,32 +172,35 @@ def parse_config(raw: dict[str, Any], env: Mapping[str, str] | None = None) -> A
     return AgentConfig(
         node_name=name,
         node_ip=ip,
-        node_mac=_get(node, "mac", "node.", str, ""),
+        node_mac=_get(node, "node", "mac", str, ""),
         encap_mode=modes[mode_raw.lower()],
         multicast_enabled=enabled,
         multicast_interfaces=tuple(ifaces),
         query_interval_s=interval,
         query_versions=tuple(sorted(set(versions))),
         max_response_s=max_resp,
-        robustness=_get(mc, "igmpRobustness", "multicast.", int, 2),
+        robustness=_get(mc, "multicast", "igmpRobustness", int, 2),
         datapath_type=dp,
-        ovsdb=_get(ovs, "db", "ovs.", str, AgentConfig.ovsdb),
-        ovs_rundir=_get(ovs, "runDir", "ovs.", str, AgentConfig.ovs_rundir),
-        int_bridge=_get(ovs, "intBridge", "ovs.", str, "br-int"),
-        phy_bridge=_get(ovs, "phyBridge", "ovs.", str, "br-phy"),
+        ovsdb=_get(ovs, "ovs", "db", str, AgentConfig.ovsdb),
+        ovs_rundir=_get(ovs, "ovs", "runDir", str, AgentConfig.ovs_rundir),
+        int_bridge=_get(ovs, "ovs", "intBridge", str, "br-int"),
+        phy_bridge=_get(ovs, "ovs", "phyBridge", str, "br-phy"),
         tunnel_type=tunnel,
-        controller_port=_get(ovs, "controllerPort", "ovs.", int, 6653),
-        api_socket=_get(raw, "apiSocket", "", str, AgentConfig.api_socket),
-        metrics_port=_get(raw, "metricsPort", "", int, 0),
-        state_dir=_get(raw, "stateDir", "", str, AgentConfig.state_dir),
+        controller_port=_get(ovs, "ovs", "controllerPort", int, 6653),
+        api_socket=_get(raw, "", "apiSocket", str, AgentConfig.api_socket),
+        metrics_port=_get(raw, "", "metricsPort", int, 0),
     )
 
 
 def load_config(path: str | Path) -> AgentConfig:
+    """Read and parse the YAML file at ``path``; errors start with the path as given."""
     try:
         raw = yaml.safe_load(Path(path).read_text())
     except OSError as e:
         raise ConfigError(f"config file {path}: {e.strerror}") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"config file {path}: not valid YAML: {e}") from None
-    return parse_config(raw or {})
+    try:
+        return parse_config({} if raw is None else raw)
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None

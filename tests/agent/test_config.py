@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
-import pytest
+import re
+from typing import Any
 
-from agent.config import ConfigError, load_config, parse_config, parse_duration
+import pytest
+import yaml
+
+from agent.config import KEYS, ConfigError, load_config, parse_config, parse_duration
 from pipeline.multicast import Mode
 
 BASE = {"node": {"name": "node1", "ip": "192.168.77.1"}}
@@ -76,3 +80,71 @@ def test_load_config_file_errors(tmp_path) -> None:
     good = tmp_path / "good.yaml"
     good.write_text("node: {name: n1, ip: 10.0.0.1}\n")
     assert load_config(good).node_name == "n1"
+
+
+# ------------------------------------------------------------------ unknown keys
+
+def test_misspelt_key_is_an_error_not_a_default(tmp_path) -> None:
+    """`igmpQueryIntervall` used to be ignored, leaving the 125 s default in place."""
+    path = tmp_path / "agent.yaml"
+    path.write_text("node: {name: n1, ip: 10.0.0.1}\nmulticast: {igmpQueryIntervall: 5s}\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(path)
+    assert str(e.value) == (
+        f"{path}: multicast.igmpQueryIntervall: unknown key (known: enable, igmpMaxResponse, "
+        "igmpQueryInterval, igmpQueryVersions, igmpRobustness, multicastInterfaces)")
+
+
+@pytest.mark.parametrize(("raw", "path"), [
+    ({**BASE, "metricPort": 9464}, "metricPort: unknown key"),
+    ({**BASE, "multicast": {"enabled": True}}, "multicast.enabled: unknown key"),
+    ({"node": {**BASE["node"], "nodeIP": "10.0.0.2"}}, "node.nodeIP: unknown key"),
+    ({**BASE, "ovs": {"bridge": "br-int"}}, "ovs.bridge: unknown key"),
+    ({**BASE, "featureGates": {"Multicast": True, "Egres": True}},
+     "featureGates.Egres: unknown feature gate"),
+])
+def test_unknown_keys_are_rejected_with_their_path(tmp_path, raw: dict, path: str) -> None:
+    with pytest.raises(ConfigError, match=rf"^{re.escape(path)} \(known: "):
+        parse_config(raw, env={})
+    f = tmp_path / "agent.yaml"
+    f.write_text(yaml.safe_dump(raw))
+    with pytest.raises(ConfigError, match=rf"^{re.escape(str(f))}: {re.escape(path)} \("):
+        load_config(f)
+
+
+def test_feature_gates_must_be_bool() -> None:
+    with pytest.raises(ConfigError, match=r"^featureGates\.Multicast: expected bool, got str"):
+        parse_config({**BASE, "featureGates": {"Multicast": "yes"}})
+
+
+def test_bad_values_name_the_file(tmp_path) -> None:
+    f = tmp_path / "agent.yaml"
+    f.write_text("node: {name: n1, ip: 10.0.0.1}\novs: {tunnelType: gre}\n")
+    with pytest.raises(ConfigError, match=rf"^{re.escape(str(f))}: ovs\.tunnelType: 'gre'"):
+        load_config(f)
+    f.write_text("[node]\n")
+    with pytest.raises(ConfigError, match=r"agent\.yaml: top level: must be a mapping"):
+        load_config(f)
+
+
+def test_every_declared_key_is_accepted() -> None:
+    raw: dict[str, Any] = {
+        "featureGates": {"Multicast": True},
+        "trafficEncapMode": "encap",
+        "multicast": {"enable": True, "multicastInterfaces": ["eth0"],
+                      "igmpQueryInterval": "10s", "igmpMaxResponse": "1s",
+                      "igmpQueryVersions": [3], "igmpRobustness": 3},
+        "node": {"name": "n1", "ip": "10.0.0.1", "mac": "0a:00:00:00:00:01"},
+        "ovs": {"db": "unix:/tmp/db.sock", "runDir": "/tmp/ovs", "datapathType": "netdev",
+                "tunnelType": "geneve", "intBridge": "br-a", "phyBridge": "br-b",
+                "controllerPort": 6654},
+        "apiSocket": "/tmp/agent.sock", "metricsPort": 1,
+    }
+    assert set(raw) == set(KEYS[""])
+    assert all(set(raw[s]) == set(KEYS[s]) for s in KEYS if s)
+    cfg = parse_config(raw, env={})
+    assert (cfg.node_mac, cfg.ovsdb, cfg.ovs_rundir, cfg.controller_port) == (
+        "0a:00:00:00:00:01", "unix:/tmp/db.sock", "/tmp/ovs", 6654)
+    assert (cfg.int_bridge, cfg.phy_bridge, cfg.query_versions) == ("br-a", "br-b", (3,))
+    assert (cfg.max_response_s, cfg.robustness, cfg.api_socket, cfg.metrics_port) == (
+        1, 3, "/tmp/agent.sock", 1)

@@ -20,11 +20,13 @@ from pathlib import Path
 import yaml
 from pyroute2 import IPRoute
 
-from agent.api.server import AgentClient, ApiError
+from agent.api.client import AgentClient
+from agent.api.types import ApiError
 from agent.cni.podnet import set_tx_checksum
 from tools.mclab import netns
 from tools.mclab import state as st
 from tools.mclab.ovsnode import OvsNode, pids_naming, require_ovs, terminate
+from wire.nodes import NodeInfo
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +100,6 @@ def _agent_config(lab: st.LabState, node: st.NodeState, ovs: OvsNode) -> Path:
         "ovs": {"db": ovs.db_sock, "runDir": str(ovs.rundir), "datapathType": "netdev",
                 "tunnelType": "vxlan"},
         "apiSocket": node.api_socket,
-        "stateDir": node.rundir,
         "metricsPort": 9464,
     }
     path = Path(node.rundir) / "agent.yaml"
@@ -160,7 +161,7 @@ def _ovs(node: st.NodeState) -> OvsNode:
 
 def announce_nodes(lab: st.LabState) -> None:
     """Tell every agent the node set (the controller's job in a cluster)."""
-    nodes = [{"name": n.name, "ips": [n.ip]} for n in lab.nodes]
+    nodes = [NodeInfo(n.name, (n.ip,)) for n in lab.nodes]
     for n in lab.nodes:
         AgentClient(n.api_socket, timeout=10).set_nodes(nodes)
 

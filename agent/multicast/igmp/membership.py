@@ -1,8 +1,8 @@
 """IGMP group membership, router side: which member wants which group from which sources, and
 until when.
 
-Owns the per-(group, member) state built from parsed reports (`agent.igmp.packets`), its ageing,
-and the group-specific queries that a slow leave asks for. It is pure and deterministic: time is
+Owns the per-(group, member) state built from parsed reports (`igmp.packets`), its ageing, and
+the group-specific queries that a slow leave asks for. It is pure and deterministic: time is
 passed in as `now` (seconds, any monotonic origin); the caller sends the queries and programs OVS
 from what the methods return. A member is any hashable key the caller picks, e.g.
 `("pod", "ns/name")` or `("node", "192.168.77.2")`.
@@ -144,6 +144,7 @@ class Membership:
         """
         fast = self.fast_leave if fast_leave is None else fast_leave
         changed = self.expire(now)
+        records: list[tuple[str, RecordType, tuple[str, ...]]]
         if isinstance(event, ReportV1 | ReportV2):
             records = [(event.group, RecordType.IS_EX, ())]
         elif isinstance(event, LeaveV2):
@@ -232,19 +233,13 @@ class Membership:
     def groups(self) -> set[str]:
         return set(self._groups)
 
-    def groups_of(self, member: Member) -> set[str]:
-        return set(self._of.get(member, ()))
-
-    def wants(self, member: Member, group: str, source_ip: str) -> bool:
-        entry = self._groups.get(group, {}).get(member)
-        return entry is not None and entry.filter.admits(source_ip)
-
-    def leaving(self, group: str) -> set[Member]:
-        """Members of `group` with a slow leave pending (still forwarded to)."""
-        return {m for m, e in self._groups.get(group, {}).items() if e.leaving}
-
     def next_deadline(self) -> float | None:
-        """When to call `expire`/`due_queries` next: the earliest expiry or pending query."""
+        """When to call `expire`/`due_queries` next, or None if neither has anything to do.
+
+        The earliest of: a membership running out (a join's timeout, or the end of a slow
+        leave's last-member query time) and a group-specific query falling due. At this time one
+        of the two acts; before it, neither does (both act at `t <= now`). May be in the past
+        if the caller is late."""
         while self._heap:
             expires, _, group, member = self._heap[0]
             entry = self._groups.get(group, {}).get(member)

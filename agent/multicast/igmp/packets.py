@@ -125,6 +125,8 @@ class ReportV3:
 _RECORD_TYPES = frozenset(int(t) for t in RecordType)
 
 MembershipReport = ReportV1 | ReportV2 | LeaveV2 | ReportV3
+_V1_V2_TYPES: dict[int, type[ReportV1 | ReportV2 | LeaveV2]] = {
+    TYPE_V1_REPORT: ReportV1, TYPE_V2_REPORT: ReportV2, TYPE_V2_LEAVE: LeaveV2}
 IgmpMessage = Query | MembershipReport
 
 
@@ -134,7 +136,8 @@ def checksum(data: bytes) -> int:
     """RFC 1071 Internet checksum (one's complement of the one's complement sum)."""
     if len(data) % 2:
         data += b"\x00"
-    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    words: tuple[int, ...] = struct.unpack(f"!{len(data) // 2}H", data)
+    total = sum(words)
     while total >> 16:
         total = (total & 0xFFFF) + (total >> 16)
     return ~total & 0xFFFF
@@ -232,7 +235,7 @@ def parse_igmp(msg: bytes, src: str = "0.0.0.0", dst: str = "0.0.0.0") -> IgmpMe
     if kind in (TYPE_V1_REPORT, TYPE_V2_REPORT, TYPE_V2_LEAVE):
         if not _is_multicast(group):
             raise MalformedIgmp("bad_group", f"{_ntoa(group)} in type 0x{kind:02x}")
-        cls = {TYPE_V1_REPORT: ReportV1, TYPE_V2_REPORT: ReportV2, TYPE_V2_LEAVE: LeaveV2}[kind]
+        cls = _V1_V2_TYPES[kind]
         return cls(_ntoa(group), src=src, dst=dst)
     if kind == TYPE_V3_REPORT:
         return _parse_v3_report(msg, src, dst)

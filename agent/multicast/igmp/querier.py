@@ -2,7 +2,7 @@
 
 Owns the querier schedule of RFC 3376 §8.6-8.7 (startup burst, then the query interval) and the
 choice of query version. Pure: the caller asks `due(now)`, builds the query from
-`query_args()` with `agent.igmp.packets.build_query` and its own addresses, sends it, then calls
+`query_args()` with `igmp.packets.build_query` and its own addresses, sends it, then calls
 `sent(now)`. There is no querier election: the agent is the only querier on its pod ports, which
 no other router can reach (queries from pods are punted, never forwarded).
 

@@ -1,9 +1,10 @@
-"""agent.igmp.membership: joins, leaves (fast and slow), v3 source filters, ageing, queries.
+"""igmp.membership: joins, leaves (fast and slow), v3 source filters, ageing, queries.
 
 Time is a plain float: the tests are their own clock."""
 
 from __future__ import annotations
 
+import random
 from pathlib import Path
 
 import pytest
@@ -90,9 +91,7 @@ def test_v1_v2_report_joins_any_source(report: ReportV1 | ReportV2) -> None:
     m = Membership()
     assert m.apply(0, POD, report) == {G}
     assert m.members(G) == {POD: ANY_SOURCE}
-    assert m.groups() == {G} and m.groups_of(POD) == {G}
-    assert m.wants(POD, G, "10.9.9.9") and not m.wants(POD2, G, "10.9.9.9")
-    assert not m.wants(POD, G2, "10.9.9.9")
+    assert m.groups() == {G} and m.members(G2) == {}
     assert m.apply(5, POD, report) == set()  # a refresh changes no forwarding
     assert m.next_deadline() == 5 + TIMEOUT
 
@@ -101,15 +100,14 @@ def test_second_member_changes_the_group_and_sees_its_own_state() -> None:
     m = Membership()
     m.apply(0, POD, ReportV2(G))
     assert m.apply(0, NODE, ReportV2(G)) == {G}
-    assert m.members(G) == {POD: ANY_SOURCE, NODE: ANY_SOURCE}
-    assert m.groups_of(NODE) == {G}
+    assert m.members(G) == {POD: ANY_SOURCE, NODE: ANY_SOURCE} and m.groups() == {G}
 
 
 def test_fast_leave_removes_at_once() -> None:
     m = Membership(fast_leave=True)
     m.apply(0, POD, ReportV2(G))
     assert m.apply(1, POD, LeaveV2(G)) == {G}
-    assert m.groups() == set() and m.members(G) == {} and m.groups_of(POD) == set()
+    assert m.groups() == set() and m.members(G) == {}
     assert m.due_queries(1) == [] and m.next_deadline() is None
 
 
@@ -137,7 +135,7 @@ def test_slow_leave_queries_then_removes() -> None:
     m = Membership()
     m.apply(0, POD, ReportV2(G))
     assert m.apply(10, POD, LeaveV2(G)) == set()  # still forwarded during the queries
-    assert m.members(G) == {POD: ANY_SOURCE} and m.leaving(G) == {POD}
+    assert m.members(G) == {POD: ANY_SOURCE}
     assert m.next_deadline() == 10
     assert m.due_queries(10) == [G]
     assert m.due_queries(10.5) == []
@@ -155,7 +153,6 @@ def test_report_during_slow_leave_cancels_it() -> None:
     m.apply(10, POD, LeaveV2(G))
     assert m.due_queries(10) == [G]
     assert m.apply(10.5, POD, ReportV2(G)) == set()  # same filter: nothing to reprogram
-    assert m.leaving(G) == set()
     assert m.due_queries(11) == []  # the second query is not sent
     assert m.expire(12) == set()
     assert m.next_deadline() == 10.5 + TIMEOUT
@@ -177,7 +174,6 @@ def test_slow_leave_of_one_member_keeps_the_others() -> None:
     m.apply(0, POD2, ReportV2(G))
     m.apply(1, POD, LeaveV2(G))
     m.apply(1.2, POD2, ReportV2(G))  # another member's report does not cancel POD's leave
-    assert m.leaving(G) == {POD}
     assert m.due_queries(2) == [G]
     assert m.expire(3) == {G}
     assert m.members(G) == {POD2: ANY_SOURCE}
@@ -195,10 +191,10 @@ def test_slow_leave_by_block_keeps_old_sources_until_it_expires() -> None:
     m = Membership()
     m.apply(0, POD, v3((ALLOW, G, ["s1"])))
     assert m.apply(1, POD, v3((BLOCK, G, ["s1"]))) == set()
-    assert m.wants(POD, G, "s1") and m.due_queries(1) == [G]
+    assert m.members(G) == {POD: inc("s1")} and m.due_queries(1) == [G]
     # The host said it wants nothing: a new ALLOW starts from empty, not from {s1}.
     assert m.apply(1.5, POD, v3((ALLOW, G, ["s2"]))) == {G}
-    assert m.members(G) == {POD: inc("s2")} and m.leaving(G) == set()
+    assert m.members(G) == {POD: inc("s2")}
     assert m.due_queries(2) == []
 
 
@@ -229,7 +225,6 @@ def test_v3_record_types_in_sequence() -> None:
     for t, (rec, changed, state) in enumerate(steps):
         assert m.apply(t, POD, v3(rec)) == changed, rec
         assert m.members(G) == ({} if state is None else {POD: state}), rec
-    assert m.wants(POD, G, "s4") is False
 
 
 @pytest.mark.parametrize("leave", [(TO_IN, G, ()), (IS_IN, G, ())])
@@ -239,17 +234,10 @@ def test_v3_empty_include_is_a_leave(leave: tuple) -> None:
     assert m.apply(1, POD, v3(leave)) == {G} and m.groups() == set()
 
 
-def test_v3_wants_by_source() -> None:
-    m = Membership()
-    m.apply(0, POD, v3((IS_IN, G, ["10.0.0.1"]), (IS_EX, G2, ["10.0.0.1"])))
-    assert m.wants(POD, G, "10.0.0.1") and not m.wants(POD, G, "10.0.0.2")
-    assert not m.wants(POD, G2, "10.0.0.1") and m.wants(POD, G2, "10.0.0.2")
-
-
 def test_v3_report_with_several_groups() -> None:
     m = Membership(fast_leave=True)
     assert m.apply(0, NODE, v3((TO_EX, G, ()), (ALLOW, G2, ["s"]))) == {G, G2}
-    assert m.groups_of(NODE) == {G, G2}
+    assert m.members(G) == {NODE: exc()} and m.members(G2) == {NODE: inc("s")}
     assert m.apply(1, NODE, v3((TO_IN, G, ()), (ALLOW, G2, ["s"]))) == {G}
     assert m.groups() == {G2}
 
@@ -272,7 +260,7 @@ def test_expiry_at_exactly_the_timeout() -> None:
     m.apply(0, POD, ReportV2(G))
     assert m.expire(TIMEOUT - 0.001) == set()
     assert m.expire(TIMEOUT) == {G}
-    assert m.groups() == set() and m.groups_of(POD) == set()
+    assert m.groups() == set()
 
 
 def test_refresh_extends() -> None:
@@ -288,7 +276,7 @@ def test_each_group_ages_on_its_own() -> None:
     m = Membership()
     m.apply(0, POD, ReportV2(G))
     m.apply(100, POD, ReportV2(G2))
-    assert m.expire(TIMEOUT) == {G} and m.groups_of(POD) == {G2}
+    assert m.expire(TIMEOUT) == {G} and m.groups() == {G2}
     assert m.next_deadline() == 100 + TIMEOUT
 
 
@@ -311,6 +299,69 @@ def test_next_deadline_is_earliest_of_expiry_and_query() -> None:
     assert m.next_deadline() == 50 + TIMEOUT
     m.apply(70, POD2, LeaveV2(G2))
     assert m.next_deadline() == 70
+
+
+def step_to_deadline(m: Membership) -> tuple[float, set[str], list[str]] | None:
+    """Check that nothing happens just before `next_deadline()`, then act at it, as an event
+    loop would: (deadline, groups expired, queries due), or None if there is no deadline."""
+    d = m.next_deadline()
+    if d is None:
+        return None
+    assert m.expire(d - 0.001) == set() and m.due_queries(d - 0.001) == []
+    expired, queries = m.expire(d), m.due_queries(d)
+    assert expired or queries, f"nothing happened at next_deadline() = {d}"
+    return d, expired, queries
+
+
+def test_next_deadline_after_a_join_is_the_expiry() -> None:
+    m = Membership()
+    m.apply(0, POD, ReportV2(G))
+    assert m.next_deadline() == TIMEOUT
+    assert step_to_deadline(m) == (TIMEOUT, {G}, [])
+    assert m.next_deadline() is None
+
+
+def test_next_deadline_walks_a_slow_leave() -> None:
+    m = Membership()  # slow leave: 2 group-specific queries 1 s apart, removal after 2 s
+    m.apply(0, POD, ReportV2(G))
+    m.apply(10, POD, LeaveV2(G))
+    assert m.next_deadline() == 10  # the first group-specific query, at once
+    steps = []
+    while (step := step_to_deadline(m)) is not None:
+        steps.append(step)
+    assert steps == [(10, set(), [G]), (11, set(), [G]), (12, {G}, [])]
+
+
+def test_next_deadline_is_exact_under_random_events() -> None:
+    """An event loop that sleeps until `next_deadline()` misses nothing and never wakes early."""
+    rng = random.Random(3376)
+    m = Membership(Timers(query_interval_s=10, max_response_s=1))  # 21 s timeout, LMQT 2 s
+    members, groups = [POD, POD2, NODE], [G, G2]
+    now = 0.0
+    for _ in range(3000):
+        event_at = now + rng.choice([0, 0.25, 0.5, 1, 1.5, 3, 10, 25])
+        d = m.next_deadline()
+        if d is not None and d <= event_at:
+            assert d >= now
+            step = step_to_deadline(m)
+            assert step is not None
+            now = step[0]
+            continue
+        now = event_at
+        member, group = rng.choice(members), rng.choice(groups)
+        kind = rng.choice([*RecordType, None, "v2", "leave"])
+        if kind is None:
+            m.remove_member(member)
+        elif kind == "v2":
+            m.apply(now, member, ReportV2(group), fast_leave=rng.random() < 0.3)
+        elif kind == "leave":
+            m.apply(now, member, LeaveV2(group), fast_leave=rng.random() < 0.3)
+        else:
+            srcs = rng.sample(["s1", "s2"], rng.randint(0, 2))
+            m.apply(now, member, v3((kind, group, srcs)), fast_leave=rng.random() < 0.3)
+    while step_to_deadline(m) is not None:
+        pass
+    assert m.groups() == set()
 
 
 def test_many_refreshes_do_not_grow_state() -> None:
@@ -337,7 +388,7 @@ def test_remove_member_ends_all_its_memberships() -> None:
     m.apply(0, POD2, ReportV2(G))
     assert m.remove_member(POD) == {G, G2, "232.1.1.1"}
     assert m.groups() == {G} and m.members(G) == {POD2: ANY_SOURCE}
-    assert m.groups_of(POD) == set() and m.remove_member(POD) == set()
+    assert m.remove_member(POD) == set()
     assert m.expire(TIMEOUT) == {G}  # the removed member's timers are gone with it
 
 

@@ -1,4 +1,4 @@
-"""agent.igmp.packets: parsing real kernel frames, malformed input, builders, and a real kernel
+"""igmp.packets: parsing real kernel frames, malformed input, builders, and a real kernel
 answering the queries we build (lab test, root)."""
 
 from __future__ import annotations

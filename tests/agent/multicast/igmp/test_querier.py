@@ -1,4 +1,4 @@
-"""agent.igmp.querier: general-query schedule and the version/fields of the query."""
+"""igmp.querier: general-query schedule and the version/fields of the query."""
 
 from __future__ import annotations
 
