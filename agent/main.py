@@ -1,10 +1,17 @@
-"""`mcast-agent`: start-up and wiring of the node agent.
+"""`mcast-agent`: start-up and wiring of the node agent, and its timer loop.
+
+This is the one place that knows every layer: it builds the OVS adaptors (``agent.ovs``), the
+reconciler (``agent.flowsync``), the multicast core (``agent.multicast``), the packet-in router
+and the local API (``agent.api``), and connects them.
 
 Order matters: the OpenFlow listener starts first, then OVSDB sets br-int's controller (before
 anything is programmed: adding a controller flushes the bridge), names the tables, ensures the
 tunnel port and the uplink patch; then, once the bridge is connected, the new round's flows go
 in and older rounds go out in one bundle. Only then does the local API open. A fatal error in
 any thread stops the process so the supervisor restarts it.
+
+The timer loop sleeps until the core's next deadline (an expiry, a due query, the refresh) and
+is woken early by any event that may have moved it.
 """
 
 from __future__ import annotations
@@ -14,19 +21,24 @@ import logging
 import signal
 import sys
 import threading
+import time
 from types import FrameType
 
 from prometheus_client import start_http_server
 from pyroute2 import IPRoute
 
-from agent import metrics
-from agent.api.server import LocalApiServer, PodAttach, PodInfo
+from agent.api.server import LocalApiServer
+from agent.api.service import AgentService
 from agent.config import AgentConfig, ConfigError, load_config
 from agent.flowsync.reconciler import Reconciler
-from agent.multicast.core import MulticastAgent
-from agent.ovs.ovsdb import Ovsdb, PortInfo, pod_external_ids
+from agent.multicast.collector import register_collector
+from agent.multicast.core import MulticastCore
+from agent.ovs.ovsdb import Ovsdb
+from agent.ovs.podports import OvsdbPodPorts
 from agent.ovs.switch import OpenFlowSwitch
 from agent.ovs.vswitchd import pin_local_mac, seed_tunnel_neighbour
+from agent.packetin import PacketInRouter
+from pipeline.cookies import Feature
 from pipeline.layout import multicast_pipeline
 from pipeline.multicast import BridgeConfig, Mode
 
@@ -36,33 +48,7 @@ TUNNEL_PORT = "mc-tun0"
 INT_PATCH = "mc-patch-phy"  # on br-int, towards br-phy
 PHY_PATCH = "mc-patch-int"  # on br-phy, towards br-int
 ROUND_LIMIT = 0xFFFF
-TICK_S = 0.1
 CONNECT_TIMEOUT_S = 30.0
-
-
-class PodPorts:
-    """The OVSDB calls MulticastAgent needs, bound to br-int."""
-
-    def __init__(self, db: Ovsdb, bridge: str) -> None:
-        self._db = db
-        self._bridge = bridge
-
-    def add_pod_port(self, pod: PodAttach) -> int:
-        ext = {**pod_external_ids(pod.namespace, pod.name, pod.container_id),
-               "pod-ip": pod.ip, "pod-mac": pod.mac}
-        return self._db.add_pod_port(pod.host_ifname, ext, bridge=self._bridge)
-
-    def del_port(self, ifname: str) -> None:
-        self._db.del_port(ifname)
-
-
-def _pod_from_port(port: PortInfo) -> PodInfo | None:
-    ext = port.external_ids
-    if "container-id" not in ext or port.ofport <= 0:
-        return None
-    return PodInfo(namespace=ext.get("pod-namespace", ""), name=ext.get("pod-name", ""),
-                   container_id=ext["container-id"], host_ifname=port.name,
-                   ip=ext.get("pod-ip", ""), mac=ext.get("pod-mac", ""), ofport=port.ofport)
 
 
 def _interface_mac(ifname: str) -> str:
@@ -82,7 +68,8 @@ class Agent:
         self.switch = OpenFlowSwitch(self.pipeline, "127.0.0.1", cfg.controller_port)
         self.db = Ovsdb(cfg.ovsdb)
         self.stop_event = threading.Event()
-        self.core: MulticastAgent | None = None
+        self.wake = threading.Event()  # set by the core when its next deadline may be earlier
+        self.core: MulticastCore | None = None
         self.api: LocalApiServer | None = None
 
     def _bridges(self) -> tuple[int | None, int | None, str]:
@@ -118,12 +105,16 @@ class Agent:
         def seed(ip: str) -> None:
             seed_tunnel_neighbour(cfg.ovs_rundir, cfg.phy_bridge, ip)
 
-        core = MulticastAgent(cfg, bridge, self.switch, rec, PodPorts(self.db, cfg.int_bridge),
-                              neighbour_seeder=seed if tunnel is not None else None)
-        pods = [p for p in map(_pod_from_port, self.db.list_ports(cfg.int_bridge)) if p]
+        ports = OvsdbPodPorts(self.db, cfg.int_bridge)
+        core = MulticastCore(cfg, bridge, self.switch, rec, ports,
+                             neighbour_seeder=seed if tunnel is not None else None,
+                             wake=self.wake.set)
+        pods = ports.existing_pods()
         core.start(pods, install=lambda: rec.startup(round_), found=self.switch.dump())
         self.db.set_round(round_, cfg.int_bridge)
-        self.switch.on_packet_in = core.handle_packet_in
+        router = PacketInRouter()
+        router.register(Feature.IGMP, core.handle_packet_in)
+        self.switch.on_packet_in = router
 
         def reconnected(_dpid: int) -> None:
             # A restarted ovs-vswitchd lost its flows, its FDB pin and its tunnel neighbours:
@@ -139,19 +130,27 @@ class Agent:
         self.core = core
         if cfg.metrics_port:
             start_http_server(cfg.metrics_port)
-            metrics.register_agent_collector(core.members, core.pod_stats)
-        self.api = LocalApiServer(cfg.api_socket, core)
+            register_collector(core.members, core.pod_stats)
+        self.api = LocalApiServer(cfg.api_socket, AgentService(core, self.switch, self.pipeline))
         self.api.start()
         log.info("agent of %s up: mode %s, round %d, %d pods re-adopted", cfg.node_name,
                  cfg.encap_mode, round_, len(pods))
 
     def run(self) -> None:
-        assert self.core is not None
-        while not self.stop_event.wait(TICK_S):
-            self.core.tick()
+        """Tick whenever the core has work due, until stopped."""
+        core = self.core
+        assert core is not None
+        while not self.stop_event.is_set():
+            core.tick()
+            self.wake.wait(max(0.0, core.next_deadline() - time.monotonic()))
+            self.wake.clear()
+
+    def request_stop(self) -> None:
+        self.stop_event.set()
+        self.wake.set()
 
     def stop(self) -> None:
-        self.stop_event.set()
+        self.request_stop()
         if self.api is not None:
             self.api.stop()
         self.switch.stop()
@@ -177,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
         log.info("signal %d: stopping (flows stay installed for the next start)", signum)
-        agent.stop_event.set()
+        agent.request_stop()
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)

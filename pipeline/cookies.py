@@ -72,3 +72,16 @@ def round_of(cookie: int) -> int:
 def round_cookie_mask(round_: int) -> tuple[int, int]:
     """(cookie, mask) selecting every flow of one round, for a delete by cookie."""
     return round_ << ROUND_SHIFT, ROUND_MASK
+
+
+def feature_cookie_mask(feature: Feature) -> tuple[int, int]:
+    """(cookie, mask) selecting every flow of one feature, whatever its round and object."""
+    return int(feature) << FEATURE_SHIFT, FEATURE_MASK
+
+
+def feature_of(cookie: int) -> Feature | None:
+    """The feature a cookie names (None: not one of ours)."""
+    try:
+        return Feature((cookie & FEATURE_MASK) >> FEATURE_SHIFT)
+    except ValueError:
+        return None

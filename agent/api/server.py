@@ -1,26 +1,13 @@
-"""The agent's local API: JSON over HTTP/1.1 on a unix socket.
+"""The local API's HTTP server: JSON over HTTP/1.1 on a unix socket (mode 0600).
 
-This module owns the wire contract between the node agent and its local clients (the CNI
-plugin, ``mcctl``, the lab): the request/response dataclasses, the ``AgentApi`` protocol the
-agent core implements, the HTTP server that maps routes onto it, and the client. It uses the
-standard library only, so the CNI plugin stays cheap to start.
-
-Routes (all bodies JSON; errors are ``{"error": message}`` with a 4xx/5xx status):
-
-    GET    /healthz                  -> 200 health dict
-    GET    /v1/pods                  -> 200 {"pods": [PodInfo...]}
-    POST   /v1/pods       PodAttach  -> 201 PodInfo
-    DELETE /v1/pods/{container_id}   -> 204 (also when unknown: DEL must be idempotent)
-    GET    /v1/members               -> 200 {"members": [...]}
-    GET    /v1/stats/pods            -> 200 {"pods": [...]}
-    GET    /v1/flows                 -> 200 {"flows": [str...]}
-    PUT    /v1/nodes  {"nodes": [{"name": str, "ips": [str...]}]} -> 204
+Owns serving an ``AgentApi`` (see ``agent.api.types`` for the routes) to the node's local
+clients — the CNI plugin, ``mcctl``, the lab: routing, bodies, status codes, keep-alive
+connections, and the socket file's life. Standard library HTTP: the API is tiny and local.
 """
 
 from __future__ import annotations
 
 import contextlib
-import http.client
 import json
 import logging
 import os
@@ -30,94 +17,18 @@ import socketserver
 import stat
 import sys
 import threading
-import time
 import urllib.parse
-from dataclasses import asdict, dataclass, fields
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
-from typing import Any, Protocol, Self, runtime_checkable
+from typing import Any
+
+from agent.api.types import AgentApi, ApiError, pod_from_json, pod_to_json
+from agent.interfacestore import PodAttach
+from wire.nodes import WireError, nodes_from_json
 
 log = logging.getLogger(__name__)
 
 MAX_BODY = 1 << 20  # a node list of a large cluster fits easily; anything bigger is a bug
-
-
-class ApiError(Exception):
-    """An error with an HTTP status; raised by handlers and by the client."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(f"{status}: {message}")
-        self.status = status
-        self.message = message
-
-
-@dataclass(frozen=True)
-class PodAttach:
-    """Ask the agent to attach a pod's host-side interface to br-int."""
-
-    namespace: str
-    name: str
-    container_id: str
-    host_ifname: str
-    ip: str  # may be "" (IPAM-less pods)
-    mac: str  # the pod-side MAC
-
-    @classmethod
-    def from_json(cls, obj: Any) -> Self:
-        return cls(**_typed_fields(cls, obj))
-
-
-@dataclass(frozen=True)
-class PodInfo(PodAttach):
-    """An attached pod as the agent knows it."""
-
-    ofport: int
-
-
-def _typed_fields(cls: type, obj: Any) -> dict[str, Any]:
-    """Check that ``obj`` has every field of ``cls`` with the declared type; 400 if not."""
-    if not isinstance(obj, dict):
-        raise ApiError(400, f"{cls.__name__}: expected a JSON object")
-    out: dict[str, Any] = {}
-    for f in fields(cls):
-        want = int if f.type == "int" else str  # annotations are strings (future import)
-        value = obj.get(f.name)
-        # bool is an int subclass; an ofport of `true` is still a client bug
-        if not isinstance(value, want) or isinstance(value, bool):
-            raise ApiError(400, f"{cls.__name__}.{f.name}: expected {want.__name__}")
-        out[f.name] = value
-    return out
-
-
-@runtime_checkable
-class AgentApi(Protocol):
-    """What the agent core offers the local API (implemented by the agent, not here)."""
-
-    def attach_pod(self, req: PodAttach) -> PodInfo: ...
-    def detach_pod(self, container_id: str) -> None: ...
-    def list_pods(self) -> list[PodInfo]: ...
-    def members(self) -> list[dict]: ...
-    def pod_stats(self) -> list[dict]: ...
-    def flows(self) -> list[str]: ...
-    def set_nodes(self, nodes: list[dict]) -> None: ...
-    def health(self) -> dict: ...
-
-
-def _parse_nodes(body: Any) -> list[dict]:
-    """Validate a PUT /v1/nodes body: {"nodes": [{"name": str, "ips": [str, ...]}, ...]}."""
-    nodes = body.get("nodes") if isinstance(body, dict) else None
-    if not isinstance(nodes, list):
-        raise ApiError(400, 'expected {"nodes": [...]}')
-    for i, node in enumerate(nodes):
-        if not isinstance(node, dict) or not isinstance(node.get("name"), str):
-            raise ApiError(400, f"nodes[{i}]: expected an object with a string 'name'")
-        ips = node.get("ips")
-        if not isinstance(ips, list) or not all(isinstance(ip, str) for ip in ips):
-            raise ApiError(400, f"nodes[{i}].ips: expected a list of strings")
-    return nodes
-
-
-# -- server -----------------------------------------------------------------------------------
 
 _POD_PATH = re.compile(r"^/v1/pods/(?P<cid>[^/]+)$")
 
@@ -190,10 +101,10 @@ class _Handler(BaseHTTPRequestHandler):
         return 200, api.health()
 
     def _list_pods(self, api: AgentApi) -> tuple[int, Any]:
-        return 200, {"pods": [asdict(p) for p in api.list_pods()]}
+        return 200, {"pods": [pod_to_json(p) for p in api.list_pods()]}
 
     def _attach_pod(self, api: AgentApi) -> tuple[int, Any]:
-        return 201, asdict(api.attach_pod(PodAttach.from_json(self._body())))
+        return 201, pod_to_json(api.attach_pod(pod_from_json(PodAttach, self._body())))
 
     def _members(self, api: AgentApi) -> tuple[int, Any]:
         return 200, {"members": api.members()}
@@ -205,7 +116,11 @@ class _Handler(BaseHTTPRequestHandler):
         return 200, {"flows": api.flows()}
 
     def _set_nodes(self, api: AgentApi) -> tuple[int, Any]:
-        api.set_nodes(_parse_nodes(self._body()))
+        try:
+            nodes = nodes_from_json(self._body())
+        except WireError as exc:
+            raise ApiError(400, str(exc)) from None
+        api.set_nodes(nodes)
         return 204, None
 
     # -- plumbing --
@@ -345,101 +260,3 @@ class LocalApiServer:
 
     def __exit__(self, *_: object) -> None:
         self.stop()
-
-
-# -- client -----------------------------------------------------------------------------------
-
-
-class _UnixHTTPConnection(http.client.HTTPConnection):
-    def __init__(self, path: str, timeout: float) -> None:
-        super().__init__("localhost", timeout=timeout)
-        self._unix_path = path
-
-    def connect(self) -> None:
-        # A full listen backlog makes a non-blocking AF_UNIX connect fail at once with EAGAIN
-        # (TCP would wait); many pods starting together do that, so retry until the timeout.
-        deadline = time.monotonic() + self.timeout
-        delay = 0.005
-        while True:
-            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            sock.settimeout(self.timeout)
-            try:
-                sock.connect(self._unix_path)
-            except BlockingIOError:
-                sock.close()
-                if time.monotonic() + delay > deadline:
-                    raise TimeoutError(f"listen backlog of {self._unix_path} stayed full") from None
-                time.sleep(delay)
-                delay = min(delay * 2, 0.2)
-                continue
-            except BaseException:
-                sock.close()
-                raise
-            self.sock = sock
-            return
-
-
-class AgentClient:
-    """Client of the local API; one short connection per call, so it is thread-safe."""
-
-    def __init__(self, path: str | os.PathLike[str], timeout: float = 10.0) -> None:
-        self.path = str(path)
-        self.timeout = timeout
-
-    def attach_pod(self, req: PodAttach) -> PodInfo:
-        return PodInfo.from_json(self._call("POST", "/v1/pods", asdict(req)))
-
-    def detach_pod(self, container_id: str) -> None:
-        self._call("DELETE", "/v1/pods/" + urllib.parse.quote(container_id, safe=""))
-
-    def list_pods(self) -> list[PodInfo]:
-        return [PodInfo.from_json(p) for p in self._call("GET", "/v1/pods")["pods"]]
-
-    def members(self) -> list[dict]:
-        return list(self._call("GET", "/v1/members")["members"])
-
-    def pod_stats(self) -> list[dict]:
-        return list(self._call("GET", "/v1/stats/pods")["pods"])
-
-    def flows(self) -> list[str]:
-        return list(self._call("GET", "/v1/flows")["flows"])
-
-    def set_nodes(self, nodes: list[dict]) -> None:
-        self._call("PUT", "/v1/nodes", {"nodes": nodes})
-
-    def health(self) -> dict:
-        return dict(self._call("GET", "/healthz"))
-
-    def _call(self, method: str, url: str, body: Any = None) -> Any:
-        conn = _UnixHTTPConnection(self.path, self.timeout)
-        data = None if body is None else json.dumps(body).encode()
-        headers = {"Content-Type": "application/json"} if data is not None else {}
-        try:
-            try:
-                conn.request(method, url, body=data, headers=headers)
-            except (FileNotFoundError, ConnectionRefusedError, PermissionError) as exc:
-                raise ApiError(503, f"agent not reachable at {self.path}: {exc}") from exc
-            resp = conn.getresponse()
-            raw = resp.read()
-        except TimeoutError as exc:
-            raise ApiError(
-                504, f"agent at {self.path} did not answer {method} {url} within {self.timeout}s"
-            ) from exc
-        except (OSError, http.client.HTTPException) as exc:
-            raise ApiError(503, f"agent at {self.path}: {method} {url} failed: {exc}") from exc
-        finally:
-            conn.close()
-        payload = _decode(raw)
-        if resp.status >= 400:
-            msg = payload.get("error") if isinstance(payload, dict) else None
-            raise ApiError(resp.status, str(msg) if msg else raw.decode(errors="replace"))
-        if resp.status != 204 and payload is None:
-            raise ApiError(502, f"agent sent an unreadable answer to {method} {url}")
-        return payload
-
-
-def _decode(raw: bytes) -> Any:
-    try:
-        return json.loads(raw) if raw else None
-    except ValueError:
-        return None

@@ -29,7 +29,8 @@ from typing import Any, TextIO
 
 from pyroute2.netlink.exceptions import NetlinkError
 
-from agent.api.server import AgentClient, ApiError, PodAttach
+from agent.api.client import AgentClient
+from agent.api.types import ApiError
 from agent.cni import podnet
 from agent.cni.spec import (
     CURRENT_VERSION,
@@ -50,6 +51,7 @@ from agent.cni.spec import (
     NetConf,
     Result,
 )
+from agent.interfacestore import PodAttach
 
 log = logging.getLogger(__name__)
 

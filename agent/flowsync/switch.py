@@ -1,7 +1,9 @@
-"""Plain values exchanged with the OpenFlow adaptor, and the bookkeeping of group bucket ids.
+"""The switch port: what the agent needs of br-int, as a protocol and plain values.
 
-This module owns what the rest of the agent sees of the switch without importing os_ken:
-packet-ins, flow counters, the switch-level CookieDelete op, readable op descriptions for
+This module owns what the rest of the agent sees of the switch without importing os_ken: the
+``Switch`` protocol the OpenFlow adaptor (``agent.ovs.switch``) implements and the fake table
+stands in for in tests, packet-ins, flow counters, the switch-level CookieDelete op, the two
+ways a request fails (``OpenFlowError``, ``SwitchDisconnected``), readable op descriptions for
 errors and logs, and the size limits of groups.
 
 Bucket ids: OpenFlow 1.5 buckets carry ids, and INSERT_BUCKETS needs fresh ones. ADD/MODIFY
@@ -13,10 +15,11 @@ the group counters on every dump).
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Any, NamedTuple, Protocol
 
-from pipeline.model import Flow
+from pipeline.model import Action, Flow, SwitchState
 from pipeline.ops import Command, FlowOp, GroupOp, MeterOp, Op
 from pipeline.render import render_flow
 from pipeline.tables import Pipeline
@@ -58,6 +61,40 @@ class FlowStats(NamedTuple):
     flow: Flow
     packets: int
     bytes: int
+
+
+class OpenFlowError(RuntimeError):
+    """The switch refused a request. ``failures`` pairs each failed op (or step) with the
+    error text; ``failed_ops`` are the ops those labels name."""
+
+    def __init__(self, what: str, failures: list[tuple[str, str]],
+                 ops: Sequence[Any] = (), failed_ops: Sequence[Any] = ()) -> None:
+        self.failures = failures
+        self.ops = list(ops)
+        self.failed_ops = list(failed_ops)
+        lines = "; ".join(f"{label}: {text}" for label, text in failures)
+        super().__init__(f"{what} failed: {lines}")
+
+
+class SwitchDisconnected(RuntimeError):
+    """No bridge is connected, or it went away while we waited for its answer."""
+
+
+class Switch(Protocol):
+    """br-int as the agent uses it. Every method may raise ``SwitchDisconnected``."""
+
+    def apply(self, ops: Sequence[SwitchOp]) -> None:
+        """All ops in one atomic bundle, or none (``OpenFlowError`` naming the failed ops)."""
+
+    def dump(self) -> SwitchState:
+        """What the switch holds now: flows, groups, meters."""
+
+    def flow_stats(self, cookie: int = 0, mask: int = 0) -> list[FlowStats]:
+        """Flows whose cookie matches (cookie, mask), with their counters."""
+
+    def packet_out(self, data: bytes, actions: Sequence[Action],
+                   in_port: int | None = None) -> None:
+        """Send a frame with ``actions``; ``Output(OFPP_TABLE)`` runs it through the tables."""
 
 
 class BucketIdError(ValueError):

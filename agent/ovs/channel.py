@@ -7,7 +7,8 @@ and the "ofchannel" log of every message sent and received (logger
 ``agent.ovs.channel.messages`` at DEBUG). It knows nothing of message
 contents; the os-ken codec modules are handed in, so os_ken is imported only by the adaptor.
 
-Also here: the exceptions the adaptor raises and the waiter a request blocks on.
+Also here: the waiter a request blocks on. The exceptions the adaptor raises belong to the
+switch port it implements (``agent.flowsync.switch``).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import socket
 import struct
 import threading
 from collections import OrderedDict
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any
@@ -31,23 +32,6 @@ ofchannel = logging.getLogger("agent.ovs.channel.messages")
 EXIT_FATAL = 70
 RECENT_XIDS = 1024
 _HDR = struct.Struct("!BBHI")  # ofp_header: version, type, length, xid
-
-
-class OpenFlowError(RuntimeError):
-    """The switch refused a request. ``failures`` pairs each failed op (or step) with the
-    error text; ``failed_ops`` are the ops those labels name."""
-
-    def __init__(self, what: str, failures: list[tuple[str, str]],
-                 ops: Sequence[Any] = (), failed_ops: Sequence[Any] = ()) -> None:
-        self.failures = failures
-        self.ops = list(ops)
-        self.failed_ops = list(failed_ops)
-        lines = "; ".join(f"{label}: {text}" for label, text in failures)
-        super().__init__(f"{what} failed: {lines}")
-
-
-class SwitchDisconnected(RuntimeError):
-    """No bridge is connected, or it went away while we waited for its answer."""
 
 
 def exit_process(exc: BaseException) -> None:

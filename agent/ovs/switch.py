@@ -28,17 +28,20 @@ from os_ken.ofproto import ofproto_parser
 from os_ken.ofproto import ofproto_v1_5 as ofp
 from os_ken.ofproto import ofproto_v1_5_parser as ofpp
 
+from agent import metrics
 from agent.flowsync import switch as switchops
-from agent.flowsync.switch import CookieDelete, FlowStats, PacketIn, SwitchOp
-from agent.ovs import convert as ofconvert
-from agent.ovs.channel import (
-    Channel,
+from agent.flowsync.switch import (
+    CookieDelete,
+    FlowStats,
     OpenFlowError,
+    PacketIn,
     SwitchDisconnected,
-    Waiter,
-    exit_process,
+    SwitchOp,
 )
+from agent.ovs import convert as ofconvert
+from agent.ovs.channel import Channel, Waiter, exit_process
 from agent.ovs.convert import OF_VERSION, Converter, ConvertError, error_message_text
+from pipeline.cookies import feature_of
 from pipeline.model import OFPP_CONTROLLER, Action, Group, SwitchState
 from pipeline.ops import Command, MeterOp
 from pipeline.tables import Pipeline
@@ -272,6 +275,9 @@ class OpenFlowSwitch:
             self._events.put_nowait(lambda: cb(pin))
         except queue.Full:  # the agent is behind: shed punts rather than stall the channel
             self.dropped_packet_ins += 1
+            feature = feature_of(pin.cookie)
+            metrics.PACKET_INS_DROPPED.labels(
+                feature=feature.name.lower() if feature is not None else "unknown").inc()
 
     # -- requests -------------------------------------------------------------------------------
 

@@ -22,8 +22,10 @@ import pytest
 from pyroute2 import IPRoute
 from pyroute2 import netns as pr_netns
 
-from agent.api.server import ApiError, LocalApiServer, PodAttach, PodInfo
+from agent.api.server import LocalApiServer
+from agent.api.types import ApiError
 from agent.cni.podnet import host_ifname
+from agent.interfacestore import PodAttach, PodInfo
 
 pytestmark = pytest.mark.lab
 

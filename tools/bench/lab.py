@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from agent.api.server import AgentClient
+from agent.api.client import AgentClient
 from tools.bench.common import BenchError, Stopwatch, wait_for
 from tools.mclab import netns
 

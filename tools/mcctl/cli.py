@@ -12,7 +12,8 @@ import argparse
 import os
 import sys
 
-from agent.api.server import AgentClient, ApiError
+from agent.api.client import AgentClient
+from agent.api.types import ApiError
 from tools.mcctl.format import join_limited, structured, table
 
 DEFAULT_SOCKET = "/var/run/kube-mcast/agent.sock"

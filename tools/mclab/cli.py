@@ -21,7 +21,8 @@ import sys
 
 from pyroute2 import netns as pr_netns
 
-from agent.api.server import AgentClient, ApiError
+from agent.api.client import AgentClient
+from agent.api.types import ApiError
 from agent.config import ConfigError, parse_duration
 from tools.mclab import lab as L
 from tools.mclab import state as st

@@ -1,4 +1,6 @@
-"""The local API layer over a real unix socket and real HTTP, against an in-test AgentApi."""
+"""The local API's HTTP layer over a real unix socket and real HTTP, against an in-test AgentApi.
+
+The real AgentApi (the service over the multicast core) is served in test_service.py."""
 
 from __future__ import annotations
 
@@ -15,7 +17,11 @@ from pathlib import Path
 
 import pytest
 
-from agent.api.server import AgentApi, AgentClient, ApiError, LocalApiServer, PodAttach, PodInfo
+from agent.api.client import AgentClient
+from agent.api.server import LocalApiServer
+from agent.api.types import AgentApi, ApiError
+from agent.interfacestore import PodAttach, PodInfo
+from wire.nodes import NodeInfo
 
 
 class DictAgent:
@@ -23,7 +29,7 @@ class DictAgent:
 
     def __init__(self) -> None:
         self.pods: dict[str, PodInfo] = {}
-        self.nodes: list[dict] = []
+        self.nodes: list[NodeInfo] = []
         self.next_ofport = 1
         self.fail_with: Exception | None = None
         self.lock = threading.Lock()
@@ -62,7 +68,7 @@ class DictAgent:
     def flows(self) -> list[str]:
         return ["table=0, priority=0 actions=drop"]
 
-    def set_nodes(self, nodes: list[dict]) -> None:
+    def set_nodes(self, nodes: list[NodeInfo]) -> None:
         self.nodes = nodes
 
     def health(self) -> dict:
@@ -155,7 +161,7 @@ def test_read_endpoints(client: AgentClient) -> None:
 
 
 def test_set_nodes(client: AgentClient, agent: DictAgent) -> None:
-    nodes = [{"name": "n1", "ips": ["192.168.77.1"]}, {"name": "n2", "ips": ["192.168.77.2"]}]
+    nodes = [NodeInfo("n1", ("192.168.77.1",)), NodeInfo("n2", ("192.168.77.2",))]
     client.set_nodes(nodes)
     assert agent.nodes == nodes
 

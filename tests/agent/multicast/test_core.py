@@ -11,11 +11,12 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from agent.api.server import PodAttach
+from agent.api.service import AgentService
 from agent.config import parse_config
 from agent.flowsync.reconciler import Reconciler
-from agent.flowsync.switch import CookieDelete
-from agent.multicast.core import MulticastAgent
+from agent.flowsync.switch import CookieDelete, FlowStats
+from agent.interfacestore import PodAttach
+from agent.multicast.core import MulticastCore
 from agent.multicast.igmp.packets import (
     GroupRecord,
     RecordType,
@@ -30,6 +31,7 @@ from pipeline.fake_table import FakeSwitch, Packet
 from pipeline.layout import multicast_pipeline
 from pipeline.model import OFPP_CONTROLLER, OFPP_TABLE, Output, SetTunnelDst, SwitchState
 from pipeline.multicast import BridgeConfig, Mode, PuntReason
+from wire.nodes import NodeInfo
 
 NODE_IP, NODE_MAC = "192.168.77.1", "02:77:00:00:00:01"
 NODE2, NODE3 = "192.168.77.2", "192.168.77.3"
@@ -59,8 +61,8 @@ class FakeTableSwitch:
     def packet_out(self, data: bytes, actions: tuple, in_port: int | None = None) -> None:
         self.packet_outs.append((data, tuple(actions), in_port))
 
-    def flow_stats(self, cookie: int, mask: int) -> list[tuple]:
-        return [(f, self.table.n_packets(f), 0) for f in self.table.flows()
+    def flow_stats(self, cookie: int = 0, mask: int = 0) -> list[FlowStats]:
+        return [FlowStats(f, self.table.n_packets(f), 0) for f in self.table.flows()
                 if f.cookie & mask == cookie]
 
     def sent(self) -> list[tuple[object, tuple]]:
@@ -108,7 +110,7 @@ def env():
     bridge = BridgeConfig(Mode.ENCAP, 1, NODE_IP, NODE_MAC, tunnel_port=TUNNEL,
                           uplink_port=UPLINK)
     switch, clock, seeded = FakeTableSwitch(), Clock(), []
-    agent = MulticastAgent(cfg, bridge, switch, Reconciler(switch, multicast_pipeline()),
+    agent = MulticastCore(cfg, bridge, switch, Reconciler(switch, multicast_pipeline()),
                            Ports(), clock=clock, neighbour_seeder=seeded.append)
     agent.start()
     pods = [agent.attach_pod(PodAttach("default", f"p{i}", f"cid{i}", f"veth{i}",
@@ -139,7 +141,7 @@ def test_members_get_copies_and_nobody_else(env) -> None:
     assert send(switch, p1, G2) == [p4.ofport, UPLINK]
     # a group nobody joined still reaches external receivers, and only them
     assert send(switch, p1, "239.9.9.9") == [UPLINK]
-    assert {m["group"]: m["localPods"] for m in agent.members()} == {
+    assert {m.group: list(m.local_pods) for m in agent.members()} == {
         G: ["default/p2", "default/p3"], G2: ["default/p4"]}
 
 
@@ -193,8 +195,8 @@ def test_general_queries_go_to_every_pod_through_the_table(env) -> None:
 
 def test_remote_members_from_tunnel_reports_and_node_removal(env) -> None:
     agent, switch, clock, (p1, p2, *_), seeded = env
-    agent.set_nodes([{"name": "node1", "ips": [NODE_IP]}, {"name": "node2", "ips": [NODE2]},
-                     {"name": "node3", "ips": [NODE3]}])
+    agent.set_nodes([NodeInfo("node1", (NODE_IP,)), NodeInfo("node2", (NODE2,)),
+                     NodeInfo("node3", (NODE3,))])
     assert seeded == [NODE2, NODE3]  # neighbours resolved before anything is tunnelled
     sent = switch.sent()
     asked = sorted(a[0].ip for m, a in sent if isinstance(m, IgmpQuery) and a
@@ -211,13 +213,13 @@ def test_remote_members_from_tunnel_reports_and_node_removal(env) -> None:
                                     tun_src=NODE2))
     assert [d.port for d in t.deliveries] == [p2.ofport]
     # the node goes away: its membership ends at once
-    agent.set_nodes([{"name": "node1", "ips": [NODE_IP]}, {"name": "node3", "ips": [NODE3]}])
+    agent.set_nodes([NodeInfo("node1", (NODE_IP,)), NodeInfo("node3", (NODE3,))])
     assert send(switch, p1, G) == [p2.ofport, UPLINK]
 
 
 def test_remote_members_age_out_and_unknown_nodes_are_refused(env) -> None:
     agent, switch, clock, (p1, *_), _ = env
-    agent.set_nodes([{"name": "node2", "ips": [NODE2]}])
+    agent.set_nodes([NodeInfo("node2", (NODE2,))])
     (report,) = build_v3_reports([GroupRecord(RecordType.IS_EX, G, ())], NODE3, "02:77:00:00:00:03")
     agent.handle_packet_in(PI(TUNNEL, bytes([PuntReason.IGMP_TUNNEL]), report, tun_src=NODE3))
     assert send(switch, p1, G) == [UPLINK]
@@ -270,27 +272,27 @@ def test_pod_stats_count_sent_and_delivered_packets(env) -> None:
     join_v3(agent, p2, G)
     for _ in range(3):
         send(switch, p1, G)
-    stats = {s["name"]: (s["inbound"], s["outbound"]) for s in agent.pod_stats()}
+    stats = {s.name: (s.inbound, s.outbound) for s in agent.pod_stats()}
     assert stats["p1"] == (0, 3) and stats["p2"] == (3, 0) and stats["p3"] == (0, 0)
 
 
 def test_restart_restores_members_from_the_switch_without_a_gap(env) -> None:
     agent, switch, clock, (p1, p2, p3, _), _ = env
-    agent.set_nodes([{"name": "node2", "ips": [NODE2]}])
+    agent.set_nodes([NodeInfo("node2", (NODE2,))])
     join_v3(agent, p2, G)
     (report,) = build_v3_reports([GroupRecord(RecordType.IS_EX, G2, ())], NODE2,
                                  "02:77:00:00:00:02")
     agent.handle_packet_in(PI(TUNNEL, bytes([PuntReason.IGMP_TUNNEL]), report, tun_src=NODE2))
     before = {f.cookie >> 48 for f in switch.table.flows()}
-    gids = dict(agent._gids.items())
+    gids = dict(agent.groups.ids())
     # A new agent process: round 2, same switch, same pods (re-read from OVSDB).
     bridge = BridgeConfig(Mode.ENCAP, 2, NODE_IP, NODE_MAC, tunnel_port=TUNNEL,
                           uplink_port=UPLINK)
     rec = Reconciler(switch, multicast_pipeline())
-    again = MulticastAgent(agent.cfg, bridge, switch, rec, Ports(), clock=clock)
+    again = MulticastCore(agent.cfg, bridge, switch, rec, Ports(), clock=clock)
     again.start(agent.list_pods(), install=lambda: rec.startup(2), found=switch.dump())
     assert before == {1} and {f.cookie >> 48 for f in switch.table.flows()} == {2}
-    assert again._gids.items() == gids  # groups modified in place, never re-created
+    assert again.groups.ids() == gids  # groups modified in place, never re-created
     assert send(switch, p1, G) == [p2.ofport, UPLINK]
     assert send(switch, p1, G2) == [TUNNEL, UPLINK]
     # restored members are ordinary members: silent ones age out
@@ -302,13 +304,13 @@ def test_restart_restores_members_from_the_switch_without_a_gap(env) -> None:
 def test_metrics_read_state_at_scrape_time(env) -> None:
     from prometheus_client import CollectorRegistry, generate_latest
 
-    from agent.metrics import AgentCollector
+    from agent.multicast.collector import MulticastCollector
 
     agent, switch, _, (p1, p2, *_), _ = env
     join_v3(agent, p2, G)
     send(switch, p1, G)
     registry = CollectorRegistry()
-    registry.register(AgentCollector(agent.members, agent.pod_stats))
+    registry.register(MulticastCollector(agent.members, agent.pod_stats))
     text = generate_latest(registry).decode()
     assert "kube_mcast_groups 1.0" in text
     assert 'kube_mcast_members{kind="local"} 1.0' in text
@@ -332,7 +334,7 @@ def test_igmpv3_source_filters_are_enforced_in_the_data_plane(env) -> None:
         agent.handle_packet_in(PI(pod.ofport, bytes([PuntReason.IGMP_POD]), frame))
     assert send_from(switch, p1, s1, G) == [p2.ofport, p3.ofport, UPLINK]
     assert send_from(switch, p1, s2, G) == [p3.ofport, p4.ofport, UPLINK]
-    (row,) = agent.members()
+    (row,) = AgentService(agent, switch, multicast_pipeline()).members()  # the API's JSON
     assert row["sourceFilters"] == {"default/p2": {"mode": "include", "sources": [s1]},
                                     "default/p4": {"mode": "exclude", "sources": [s1]}}
     # p2 drops s1 (BLOCK empties its INCLUDE set: it leaves), p3 leaves: p4 alone, still
@@ -353,17 +355,17 @@ def test_igmpv3_source_filters_are_enforced_in_the_data_plane(env) -> None:
     assert send_from(switch, p1, s1, G2) == [UPLINK]
     # s1 must be steered away from p4 by its own (S, G) flow; when p4 leaves, every id of G
     # is given back
-    assert set(agent._gids.items()) == {G, f"{G}/{s1}", f"{G2}/{s2}"}
+    assert set(agent.groups.ids()) == {G, f"{G}/{s1}", f"{G2}/{s2}"}
     (frame,) = build_v3_reports([GroupRecord(RecordType.TO_IN, G, ())], p4.ip, p4.mac)
     agent.handle_packet_in(PI(p4.ofport, bytes([PuntReason.IGMP_POD]), frame))
     clock.now += agent.local.timers.last_member_query_time_s + 0.1
     agent.tick()
-    assert set(agent._gids.items()) == {f"{G2}/{s2}"}
+    assert set(agent.groups.ids()) == {f"{G2}/{s2}"}
     assert send_from(switch, p1, s2, G) == [UPLINK]
 
 
 def test_a_disconnected_switch_defers_work_until_the_reconnect_sync(env) -> None:
-    from agent.ovs.channel import SwitchDisconnected
+    from agent.flowsync.switch import SwitchDisconnected
 
     agent, switch, clock, (p1, p2, *_), _ = env
     real_apply, real_out = switch.apply, switch.packet_out
@@ -375,7 +377,7 @@ def test_a_disconnected_switch_defers_work_until_the_reconnect_sync(env) -> None
     join_v3(agent, p2, G)  # no exception: the membership is kept, the flush waits
     clock.now += 1
     agent.tick()
-    assert [m["group"] for m in agent.members()] == [G]
+    assert [m.group for m in agent.members()] == [G]
     switch.apply, switch.packet_out = real_apply, real_out
     switch.table = FakeSwitch(multicast_pipeline(), tunnel_ports=(TUNNEL,))  # restarted: empty
     agent._rec.startup(1)  # what the agent does on reconnect

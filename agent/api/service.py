@@ -1,0 +1,68 @@
+"""The agent behind the local API: the multicast core's answers in the API's JSON shapes.
+
+Owns the translation between the core and the wire: domain results become the JSON the
+routes return (``mcctl`` and users script against these keys), and domain errors become HTTP
+statuses here and nowhere else (``AttachConflict`` -> 409). The flow listing renders the
+switch's content as ovs-ofctl text.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from agent.api.types import ApiError
+from agent.flowsync.switch import Switch
+from agent.interfacestore import AttachConflict, PodAttach, PodInfo
+from agent.multicast.core import MulticastCore
+from pipeline.render import render_flow, render_group
+from pipeline.tables import Pipeline
+from wire.nodes import NodeInfo
+
+
+class AgentService:
+    """Implements ``agent.api.types.AgentApi`` over the running core."""
+
+    def __init__(self, core: MulticastCore, switch: Switch, pipeline: Pipeline) -> None:
+        self._core = core
+        self._switch = switch
+        self._pipeline = pipeline
+
+    def attach_pod(self, req: PodAttach) -> PodInfo:
+        try:
+            return self._core.attach_pod(req)
+        except AttachConflict as exc:
+            raise ApiError(409, str(exc)) from None
+
+    def detach_pod(self, container_id: str) -> None:
+        self._core.detach_pod(container_id)
+
+    def list_pods(self) -> list[PodInfo]:
+        return self._core.list_pods()
+
+    def members(self) -> list[dict[str, Any]]:
+        return [{"group": m.group, "localPods": list(m.local_pods),
+                 "remoteNodes": list(m.remote_nodes),
+                 "sourceFilters": {ref: {"mode": f.mode, "sources": list(f.sources)}
+                                   for ref, f in m.source_filters.items()}}
+                for m in self._core.members()]
+
+    def pod_stats(self) -> list[dict[str, Any]]:
+        return [{"namespace": s.namespace, "name": s.name, "inbound": s.inbound,
+                 "outbound": s.outbound} for s in self._core.pod_stats()]
+
+    def flows(self) -> list[str]:
+        """What is on the switch now, as ovs-ofctl text (groups first)."""
+        state = self._switch.dump()
+        pipe = self._pipeline
+        return ([render_group(g, pipe) for g in sorted(state.groups, key=lambda g: g.group_id)]
+                + [render_flow(f, pipe) for f in sorted(
+                    state.flows, key=lambda f: (pipe.table_id(f.table), -f.priority))])
+
+    def set_nodes(self, nodes: list[NodeInfo]) -> None:
+        self._core.set_nodes(nodes)
+
+    def health(self) -> dict[str, Any]:
+        core = self._core
+        return {"node": core.cfg.node_name, "mode": str(core.bridge.mode),
+                "pods": len(core.list_pods()), "groups": len(core.groups),
+                "nodes": core.node_names()}

@@ -1,0 +1,69 @@
+"""The local API's contract: routes, the ``AgentApi`` protocol, JSON forms, ``ApiError``.
+
+Routes (all bodies JSON; errors are ``{"error": message}`` with a 4xx/5xx status):
+
+    GET    /healthz                  -> 200 health dict
+    GET    /v1/pods                  -> 200 {"pods": [PodInfo...]}
+    POST   /v1/pods       PodAttach  -> 201 PodInfo
+    DELETE /v1/pods/{container_id}   -> 204 (also when unknown: DEL must be idempotent)
+    GET    /v1/members               -> 200 {"members": [...]}
+    GET    /v1/stats/pods            -> 200 {"pods": [...]}
+    GET    /v1/flows                 -> 200 {"flows": [str...]}
+    PUT    /v1/nodes  {"nodes": [{"name": str, "ips": [str...]}]} -> 204
+
+Standard library only (and the stdlib-only ``agent.interfacestore`` and ``wire``), so the CNI
+plugin that imports the client stays cheap to start.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, fields
+from typing import Any, Protocol, TypeVar, runtime_checkable
+
+from agent.interfacestore import PodAttach, PodInfo
+from wire.nodes import NodeInfo
+
+
+class ApiError(Exception):
+    """An error with an HTTP status; raised by handlers and by the client."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(f"{status}: {message}")
+        self.status = status
+        self.message = message
+
+
+@runtime_checkable
+class AgentApi(Protocol):
+    """What the server serves: JSON-ready answers (implemented by ``agent.api.service``)."""
+
+    def attach_pod(self, req: PodAttach) -> PodInfo: ...
+    def detach_pod(self, container_id: str) -> None: ...
+    def list_pods(self) -> list[PodInfo]: ...
+    def members(self) -> list[dict[str, Any]]: ...
+    def pod_stats(self) -> list[dict[str, Any]]: ...
+    def flows(self) -> list[str]: ...
+    def set_nodes(self, nodes: list[NodeInfo]) -> None: ...
+    def health(self) -> dict[str, Any]: ...
+
+
+_Pod = TypeVar("_Pod", PodAttach, PodInfo)
+
+
+def pod_from_json(cls: type[_Pod], obj: Any) -> _Pod:
+    """``cls`` from a JSON object with every field of the declared type; 400 if not."""
+    if not isinstance(obj, dict):
+        raise ApiError(400, f"{cls.__name__}: expected a JSON object")
+    out: dict[str, Any] = {}
+    for f in fields(cls):
+        want = int if f.type in ("int", int) else str  # annotations are strings (future import)
+        value = obj.get(f.name)
+        # bool is an int subclass; an ofport of `true` is still a client bug
+        if not isinstance(value, want) or isinstance(value, bool):
+            raise ApiError(400, f"{cls.__name__}.{f.name}: expected {want.__name__}")
+        out[f.name] = value
+    return cls(**out)
+
+
+def pod_to_json(pod: PodAttach) -> dict[str, Any]:
+    return asdict(pod)

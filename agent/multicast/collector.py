@@ -1,0 +1,53 @@
+"""Prometheus view of the multicast state, read from the core when Prometheus scrapes.
+
+Membership counts come from the membership tables and pod packets from the switch's metric
+flows, so the datapath does the counting and the agent keeps no second copy.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import REGISTRY, Collector
+
+from agent.multicast.core import GroupMembers
+from agent.multicast.stats import PodStats
+
+
+class MulticastCollector(Collector):
+    """Groups, members and per-pod packets."""
+
+    def __init__(self, members: Callable[[], Iterable[GroupMembers]],
+                 pod_stats: Callable[[], Iterable[PodStats]]) -> None:
+        self._members = members
+        self._pod_stats = pod_stats
+
+    def collect(self) -> Iterator[Metric]:
+        rows = list(self._members())
+        groups = GaugeMetricFamily("kube_mcast_groups",
+                                   "Multicast groups with members, local or remote")
+        groups.add_metric([], len(rows))
+        members = GaugeMetricFamily("kube_mcast_members", "Group memberships by kind",
+                                    labels=["kind"])
+        members.add_metric(["local"], sum(len(r.local_pods) for r in rows))
+        members.add_metric(["remote"], sum(len(r.remote_nodes) for r in rows))
+        inbound = CounterMetricFamily(
+            "kube_mcast_pod_inbound_packets", "Multicast packets delivered to the pod",
+            labels=["namespace", "pod"],
+        )
+        outbound = CounterMetricFamily(
+            "kube_mcast_pod_outbound_packets", "Multicast packets the pod sent (after policy)",
+            labels=["namespace", "pod"],
+        )
+        for s in self._pod_stats():
+            inbound.add_metric([s.namespace, s.name], s.inbound)
+            outbound.add_metric([s.namespace, s.name], s.outbound)
+        yield from (groups, members, inbound, outbound)
+
+
+def register_collector(members: Callable[[], Iterable[GroupMembers]],
+                       pod_stats: Callable[[], Iterable[PodStats]]) -> MulticastCollector:
+    collector = MulticastCollector(members, pod_stats)
+    REGISTRY.register(collector)
+    return collector

@@ -1,0 +1,38 @@
+"""Packet-ins to the feature that punted them.
+
+A punt flow's cookie names its owner (``pipeline.cookies.Feature``), and OVS returns that cookie
+with every packet-in, so the router needs no knowledge of any feature's userdata: each feature
+registers one handler for its own punts (multicast: IGMP; policy and egress later).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from agent import metrics
+from agent.flowsync.switch import PacketIn
+from pipeline.cookies import Feature, feature_of
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[PacketIn], None]
+
+
+class PacketInRouter:
+    def __init__(self) -> None:
+        self._handlers: dict[Feature, Handler] = {}
+
+    def register(self, feature: Feature, handler: Handler) -> None:
+        if feature in self._handlers:
+            raise ValueError(f"packet-ins of {feature.name} already have a handler")
+        self._handlers[feature] = handler
+
+    def __call__(self, pin: PacketIn) -> None:
+        feature = feature_of(pin.cookie)
+        handler = self._handlers.get(feature) if feature is not None else None
+        if handler is None:
+            metrics.PACKET_INS_UNROUTED.inc()
+            log.debug("packet-in with cookie %#x (table %d): no handler", pin.cookie, pin.table_id)
+            return
+        handler(pin)
