@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The project's test command (see README):  sudo tools/test.sh [pytest args...]
-# Installs what is missing (tools/install.sh), lints (ruff), then runs every test tier with
-# pytest, the ovs/lab ones included (they need root). Extra arguments go to pytest.
+# Installs what is missing (tools/install.sh), lints (ruff, mypy, import-linter's layer
+# contracts), then runs every test tier with pytest, the ovs/lab ones included (they need
+# root). Extra arguments go to pytest.
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -15,9 +16,17 @@ fi
 echo "== install =="
 bash tools/install.sh
 
-echo "== lint: ruff check . =="
 lint_rc=0
-.venv/bin/ruff check . || lint_rc=$?
+lint() {
+  echo "== lint: $* =="
+  if ! .venv/bin/"$@"; then
+    echo "[test] FAILED: $* found problems" >&2
+    lint_rc=1
+  fi
+}
+lint ruff check .
+lint mypy                 # files and strictness: [tool.mypy] in pyproject.toml
+lint lint-imports         # layer contracts: [tool.importlinter] in pyproject.toml
 
 echo "== tests: pytest $* =="
 rc=0
@@ -27,7 +36,7 @@ if [ "$rc" = 5 ]; then
   rc=1
 fi
 if [ "$lint_rc" != 0 ]; then
-  echo "[test] FAILED: ruff check . found problems (see the lint section above)" >&2
+  echo "[test] FAILED: the lint step found problems (see the lint sections above)" >&2
   [ "$rc" != 0 ] || rc=$lint_rc
 fi
 exit "$rc"

@@ -24,15 +24,16 @@ class _UnixHTTPConnection(http.client.HTTPConnection):
     def __init__(self, path: str, timeout: float) -> None:
         super().__init__("localhost", timeout=timeout)
         self._unix_path = path
+        self._timeout_s = timeout  # self.timeout is typed Optional by http.client
 
     def connect(self) -> None:
         # A full listen backlog makes a non-blocking AF_UNIX connect fail at once with EAGAIN
         # (TCP would wait); many pods starting together do that, so retry until the timeout.
-        deadline = time.monotonic() + self.timeout
+        deadline = time.monotonic() + self._timeout_s
         delay = 0.005
         while True:
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            sock.settimeout(self.timeout)
+            sock.settimeout(self._timeout_s)
             try:
                 sock.connect(self._unix_path)
             except BlockingIOError:

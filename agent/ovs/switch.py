@@ -228,7 +228,7 @@ class OpenFlowSwitch:
             conn.state = "main"
             self._connected.set()
             log.info("bridge %#x ready (OpenFlow 1.5, packet-in2)", conn.id)
-            if self.on_connected is not None:
+            if self.on_connected is not None and conn.id is not None:
                 dpid, cb = conn.id, self.on_connected
                 self._events.put(lambda: cb(dpid))
         elif isinstance(msg, ofpp.OFPErrorMsg):

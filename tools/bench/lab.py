@@ -217,6 +217,6 @@ def result(proc: subprocess.Popen[str], timeout: float) -> dict[str, Any]:
         out, err = proc.communicate(timeout=10)
     lines = [ln for ln in (out or "").splitlines() if ln.startswith("{")]
     if not lines:
-        raise BenchError(f"podtool {proc.args} printed no result (exit {proc.returncode}): "
+        raise BenchError(f"podtool {proc.args!r} printed no result (exit {proc.returncode}): "
                          f"{(err or '').strip()[-500:]}")
     return json.loads(lines[-1])

@@ -155,7 +155,9 @@ def cmd_recv(a: argparse.Namespace) -> None:
     sock.close()
     out: dict = {"n": n, "distinct": len(seqs), "first": first, "last": last,
                  "max_seq": max(seqs) if seqs else None,
-                 "pps": round((n - 1) / (last - first), 1) if n > 1 and last > first else None}
+                 "pps": (round((n - 1) / (last - first), 1)
+                         if n > 1 and first is not None and last is not None and last > first
+                         else None)}
     if owds:
         owds.sort()
         out.update({f"owd_ms_{k}": round(_percentile(owds, q) * 1e3, 3)

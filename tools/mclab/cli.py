@@ -107,8 +107,8 @@ def _status() -> int:
         try:
             h = AgentClient(n.api_socket, timeout=3).health()
             health = f"ok ({h.get('pods', 0)} pods, {h.get('groups', 0)} groups)"
-        except ApiError as e:
-            health = f"unreachable: {e}"
+        except ApiError as err:
+            health = f"unreachable: {err}"
         print(f"{n.name:<8} {n.ip:<16} {n.agent_pid if alive else 'dead':<8} {health}")
     if lab.pods:
         print(f"\n{'NAMESPACE':<12} {'POD':<16} {'NODE':<8} {'IP'}")
