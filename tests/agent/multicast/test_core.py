@@ -382,3 +382,50 @@ def test_a_disconnected_switch_defers_work_until_the_reconnect_sync(env) -> None
     switch.table = FakeSwitch(multicast_pipeline(), tunnel_ports=(TUNNEL,))  # restarted: empty
     agent._rec.startup(1)  # what the agent does on reconnect
     assert send(switch, p1, G) == [p2.ofport, UPLINK]
+
+
+def test_ticking_only_at_next_deadline_does_all_the_work(env) -> None:
+    """The timer loop sleeps until next_deadline: every timed action must happen by then."""
+    agent, switch, clock, (p1, p2, *_), _ = env
+    woken = []
+    agent._wake = lambda: woken.append(clock.now)  # what main's loop waits on
+    join_v3(agent, p2, G)
+    assert woken, "an IGMP event must wake the timer loop"
+    agent.handle_packet_in(PI(p2.ofport, bytes([PuntReason.IGMP_POD]),
+                              build_v2_leave(G, p2.ip, p2.mac)))
+    switch.sent()
+    ticks = 0
+    while send(switch, p1, G) != [UPLINK]:  # the leave completes by deadlines alone
+        clock.now = agent.next_deadline()
+        agent.tick()
+        ticks += 1
+        assert ticks < 10, "the leave never completed"
+    queries = [m for m, _ in switch.sent() if isinstance(m, IgmpQuery) and not m.is_general]
+    assert [q.group for q in queries] == [G, G]  # last-member query count (robustness 2)
+    # with no leave pending, the next deadline is the querier's: a general query goes out
+    clock.now = agent.next_deadline()
+    agent.tick()
+    assert [m.is_general for m, _ in switch.sent() if isinstance(m, IgmpQuery)] == [True]
+
+
+def test_packet_ins_reach_the_core_through_the_router(env) -> None:
+    """Routed by the punt flow's cookie, the way the OpenFlow adaptor delivers them."""
+    from agent.flowsync.switch import PacketIn
+    from agent.packetin import PacketInRouter
+    from pipeline.cookies import Feature
+
+    agent, switch, _, (p1, p2, *_), _ = env
+    router = PacketInRouter()
+    router.register(Feature.IGMP, agent.handle_packet_in)
+    (frame,) = build_v3_reports([GroupRecord(RecordType.TO_EX, G, ())], p2.ip, p2.mac)
+    punt = next(f for f in switch.table.flows() if f.match.get("in_port")
+                and f.match.get("in_port").value == p2.ofport and f.match.get("ip_proto"))
+    router(PacketIn(p2.ofport, bytes([PuntReason.IGMP_POD]), frame, None, punt.cookie, 0, 0))
+    assert send(switch, p1, G) == [p2.ofport, UPLINK]
+    # a cookie of another feature reaches no handler: the report is not applied
+    other = agent.bridge.cookie(Feature.POD, p2.ofport)
+    (frame,) = build_v3_reports([GroupRecord(RecordType.TO_EX, G2, ())], p2.ip, p2.mac)
+    router(PacketIn(p2.ofport, bytes([PuntReason.IGMP_POD]), frame, None, other, 0, 0))
+    assert send(switch, p1, G2) == [UPLINK]
+    with pytest.raises(ValueError, match="IGMP"):
+        router.register(Feature.IGMP, agent.handle_packet_in)
