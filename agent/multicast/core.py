@@ -163,6 +163,7 @@ class MulticastCore:
             self.groups.sync(changed)
             self._rec.flush()
             self._ports.del_port(pod.host_ifname)
+            self.announcer.announce_changes()  # its groups may have lost their local side
             log.info("pod %s detached", pod.ref)
         self._wake()
 

@@ -429,3 +429,16 @@ def test_packet_ins_reach_the_core_through_the_router(env) -> None:
     assert send(switch, p1, G2) == [UPLINK]
     with pytest.raises(ValueError, match="IGMP"):
         router.register(Feature.IGMP, agent.handle_packet_in)
+
+
+def test_deleting_the_last_member_pod_withdraws_the_group_at_once(env) -> None:
+    """Peers and the upstream router stop sending to us when our last member goes, not when
+    their record of us ages out minutes later."""
+    agent, switch, _, (p1, p2, *_), _ = env
+    agent.set_nodes([NodeInfo("node2", (NODE2,))])
+    join_v3(agent, p2, G)
+    switch.sent()
+    agent.detach_pod(p2.container_id)
+    withdrawn = sorted((r.kind, r.group, type(a[0]).__name__) for m, a in switch.sent()
+                       if isinstance(m, IgmpReportV3) for r in m.records)
+    assert withdrawn == [(RecordType.TO_IN, G, "Output"), (RecordType.TO_IN, G, "SetTunnelDst")]
