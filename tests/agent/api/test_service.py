@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from fakeport import TableSwitch
 
 from agent.api.client import AgentClient
 from agent.api.server import LocalApiServer
@@ -21,34 +22,11 @@ from agent.flowsync.reconciler import Reconciler
 from agent.interfacestore import PodAttach, PodInfo
 from agent.multicast.core import MulticastCore
 from agent.multicast.igmp.packets import GroupRecord, RecordType, build_v3_reports
-from pipeline.fake_table import FakeSwitch
 from pipeline.layout import multicast_pipeline
-from pipeline.model import SwitchState
 from pipeline.multicast import BridgeConfig, Mode
 from wire.nodes import NodeInfo
 
 NODE_IP, TUNNEL = "192.168.77.1", 65000
-
-
-class TableSwitch:
-    """The switch port over the fake table (packet-outs are not needed here)."""
-
-    def __init__(self) -> None:
-        self.table = FakeSwitch(multicast_pipeline(), tunnel_ports=(TUNNEL,))
-
-    def apply(self, ops: list) -> None:
-        self.table.apply(ops)
-
-    def dump(self) -> SwitchState:
-        return SwitchState(tuple(self.table.flows()), tuple(self.table.groups().values()))
-
-    def flow_stats(self, cookie: int = 0, mask: int = 0) -> list:
-        from agent.flowsync.switch import FlowStats
-        return [FlowStats(f, self.table.n_packets(f), 0) for f in self.table.flows()
-                if f.cookie & mask == cookie]
-
-    def packet_out(self, data: bytes, actions: object, in_port: int | None = None) -> None:
-        pass
 
 
 class Ports:
@@ -67,7 +45,7 @@ class Ports:
 def served(tmp_path: Path) -> Iterator[tuple[AgentClient, MulticastCore]]:
     cfg = parse_config({"node": {"name": "node1", "ip": NODE_IP}})
     bridge = BridgeConfig(Mode.ENCAP, 1, NODE_IP, "02:77:00:00:00:01", tunnel_port=TUNNEL)
-    switch = TableSwitch()
+    switch = TableSwitch(tunnel_ports=(TUNNEL,))
     core = MulticastCore(cfg, bridge, switch, Reconciler(switch, multicast_pipeline()), Ports())
     core.start()
     service = AgentService(core, switch, multicast_pipeline())

@@ -10,11 +10,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import pytest
+from fakeport import TableSwitch
 
 from agent.api.service import AgentService
 from agent.config import parse_config
 from agent.flowsync.reconciler import Reconciler
-from agent.flowsync.switch import CookieDelete, FlowStats
 from agent.interfacestore import PodAttach
 from agent.multicast.core import MulticastCore
 from agent.multicast.igmp.packets import (
@@ -29,7 +29,7 @@ from agent.multicast.igmp.packets import Query as IgmpQuery
 from agent.multicast.igmp.packets import ReportV3 as IgmpReportV3
 from pipeline.fake_table import FakeSwitch, Packet
 from pipeline.layout import multicast_pipeline
-from pipeline.model import OFPP_CONTROLLER, OFPP_TABLE, Output, SetTunnelDst, SwitchState
+from pipeline.model import OFPP_CONTROLLER, OFPP_TABLE, Output, SetTunnelDst
 from pipeline.multicast import BridgeConfig, Mode, PuntReason
 from wire.nodes import NodeInfo
 
@@ -37,39 +37,6 @@ NODE_IP, NODE_MAC = "192.168.77.1", "02:77:00:00:00:01"
 NODE2, NODE3 = "192.168.77.2", "192.168.77.3"
 TUNNEL, UPLINK = 65000, 65001
 G, G2 = "239.1.1.1", "239.2.2.2"
-
-
-class FakeTableSwitch:
-    """The agent's Switch interface over the fake OpenFlow table."""
-
-    def __init__(self) -> None:
-        self.table = FakeSwitch(multicast_pipeline(), tunnel_ports=(TUNNEL,))
-        self.packet_outs: list[tuple[bytes, tuple, int | None]] = []
-
-    def apply(self, ops: list) -> None:
-        for op in ops:
-            if isinstance(op, CookieDelete):
-                for f in self.table.flows():
-                    if f.cookie & op.mask == op.cookie:
-                        self.table.delete_flow(f)
-            else:
-                self.table.apply([op])
-
-    def dump(self) -> SwitchState:
-        return SwitchState(tuple(self.table.flows()), tuple(self.table.groups().values()))
-
-    def packet_out(self, data: bytes, actions: tuple, in_port: int | None = None) -> None:
-        self.packet_outs.append((data, tuple(actions), in_port))
-
-    def flow_stats(self, cookie: int = 0, mask: int = 0) -> list[FlowStats]:
-        return [FlowStats(f, self.table.n_packets(f), 0) for f in self.table.flows()
-                if f.cookie & mask == cookie]
-
-    def sent(self) -> list[tuple[object, tuple]]:
-        """Parsed packet-outs since the last call."""
-        out = [(parse_frame(d), a) for d, a, _ in self.packet_outs]
-        self.packet_outs.clear()
-        return out
 
 
 @dataclass
@@ -109,7 +76,7 @@ def env():
                                       "multicastInterfaces": ["eth0"]}})
     bridge = BridgeConfig(Mode.ENCAP, 1, NODE_IP, NODE_MAC, tunnel_port=TUNNEL,
                           uplink_port=UPLINK)
-    switch, clock, seeded = FakeTableSwitch(), Clock(), []
+    switch, clock, seeded = TableSwitch(tunnel_ports=(TUNNEL,)), Clock(), []
     agent = MulticastCore(cfg, bridge, switch, Reconciler(switch, multicast_pipeline()),
                            Ports(), clock=clock, neighbour_seeder=seeded.append)
     agent.start()
@@ -125,7 +92,7 @@ def join_v3(agent, pod, group: str, kind: RecordType = RecordType.TO_EX) -> None
     agent.handle_packet_in(PI(pod.ofport, bytes([PuntReason.IGMP_POD]), frame))
 
 
-def send(switch: FakeTableSwitch, pod, group: str) -> list[int]:
+def send(switch: TableSwitch, pod, group: str) -> list[int]:
     t = switch.table.process(Packet(pod.ofport, pod.mac, "01:00:5e:01:01:01", pod.ip, group, 17,
                                     udp_dst=5000))
     return sorted(d.port for d in t.deliveries)
@@ -318,7 +285,7 @@ def test_metrics_read_state_at_scrape_time(env) -> None:
     assert 'kube_mcast_pod_outbound_packets_total{namespace="default",pod="p1"} 1.0' in text
 
 
-def send_from(switch: FakeTableSwitch, pod, source: str, group: str) -> list[int]:
+def send_from(switch: TableSwitch, pod, source: str, group: str) -> list[int]:
     """A packet to ``group`` from ``pod``'s port carrying source address ``source``."""
     t = switch.table.process(Packet(pod.ofport, pod.mac, "01:00:5e:01:01:01", source, group, 17))
     return sorted(d.port for d in t.deliveries)
