@@ -113,8 +113,8 @@ class Agent:
         core.start(pods, install=lambda: rec.startup(round_), found=self.switch.dump())
         self.db.set_round(round_, cfg.int_bridge)
         router = PacketInRouter()
-        router.register(Feature.IGMP, core.handle_packet_in)
-        self.switch.on_packet_in = router
+        router.register(Feature.IGMP, core.handle_packet_ins)
+        self.switch.on_packet_ins = router
 
         def reconnected(_dpid: int) -> None:
             # A restarted ovs-vswitchd lost its flows, its FDB pin and its tunnel neighbours:

@@ -246,10 +246,15 @@ def count_ops(ops: Sequence[SwitchOp]) -> None:
         metrics.FLOW_OPS.labels(kind=f"{kind}_{command}").inc()
 
 
+def _name(key: Key) -> str:
+    """A reconciler key as logs and errors name it: ``group/239.1.1.1``."""
+    return f"{key[0].name.lower()}/{key[1]}"
+
+
 def _merge(index: dict, ident: object, owner: Key, item: object, what: str) -> None:
     prev = index.get(ident)
     if prev is not None and prev[1] != item:
-        raise ConflictError(f"{what} {ident} wanted differently by {prev[0]} and {owner}: "
-                            f"{prev[1]} / {item}")
+        raise ConflictError(f"{what} {ident} wanted differently by {_name(prev[0])} and "
+                            f"{_name(owner)}: {prev[1]} / {item}")
     if prev is None:
         index[ident] = (owner, item)

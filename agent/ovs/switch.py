@@ -49,6 +49,9 @@ from pipeline.tables import Pipeline
 log = logging.getLogger(__name__)
 
 PACKET_IN_QUEUE = 4096
+PACKET_IN_BATCH = 256
+
+_Event = Callable[[], None] | PacketIn  # what the event thread runs: a callback or a punt
 
 
 class OpenFlowSwitch:
@@ -62,7 +65,7 @@ class OpenFlowSwitch:
         self.convert = Converter(pipeline)
         self.listen_addr = (listen_host, listen_port)
         self.timeout = timeout
-        self.on_packet_in: Callable[[PacketIn], None] | None = None
+        self.on_packet_ins: Callable[[list[PacketIn]], None] | None = None
         self.on_connected: Callable[[int], None] | None = None
         self.dropped_packet_ins = 0
         self._fatal = fatal
@@ -74,7 +77,7 @@ class OpenFlowSwitch:
         self._pending: dict[int, tuple[Waiter, str]] = {}
         self._bundle_ids = itertools.count(1)
         self._buckets: dict[int, int] = {}  # group id -> next bucket id (see switchops)
-        self._events: queue.Queue[Callable[[], None] | None] = queue.Queue(PACKET_IN_QUEUE)
+        self._events: queue.Queue[_Event | None] = queue.Queue(PACKET_IN_QUEUE)
         self._stopping = False
         self._threads: list[threading.Thread] = []
 
@@ -157,14 +160,36 @@ class OpenFlowSwitch:
             self._spawn(self._serve, f"of-conn-{peer}", conn)
 
     def _event_loop(self) -> None:
+        """Run queued callbacks in order; packet-ins waiting back to back go as one batch
+        (at most PACKET_IN_BATCH), so a burst costs the agent one settle, not one per punt."""
+        held: _Event | None = None
         while not self._stopping:
-            try:
-                item = self._events.get(timeout=0.5)
-            except queue.Empty:
-                continue
+            item: _Event | None
+            if held is not None:
+                item, held = held, None
+            else:
+                try:
+                    item = self._events.get(timeout=0.5)
+                except queue.Empty:
+                    continue
             if item is None:
                 return
-            item()
+            if not isinstance(item, PacketIn):
+                item()
+                continue
+            batch = [item]
+            while len(batch) < PACKET_IN_BATCH:
+                try:
+                    nxt = self._events.get_nowait()
+                except queue.Empty:
+                    break
+                if not isinstance(nxt, PacketIn):
+                    held = nxt
+                    break
+                batch.append(nxt)
+            cb = self.on_packet_ins
+            if cb is not None:
+                cb(batch)
 
     # -- receiving ------------------------------------------------------------------------------
 
@@ -267,12 +292,11 @@ class OpenFlowSwitch:
             waiter.done.set()
 
     def _on_packet_in(self, msg: Any) -> None:
-        cb = self.on_packet_in
-        if cb is None:
+        if self.on_packet_ins is None:
             return
         pin = ofconvert.packet_in_from(msg)
         try:
-            self._events.put_nowait(lambda: cb(pin))
+            self._events.put_nowait(pin)
         except queue.Full:  # the agent is behind: shed punts rather than stall the channel
             self.dropped_packet_ins += 1
             feature = feature_of(pin.cookie)

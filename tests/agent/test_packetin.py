@@ -16,19 +16,20 @@ def _pin(cookie: int) -> PacketIn:
 
 def test_routed_by_the_cookie_feature_whatever_the_round_and_object() -> None:
     router, got = PacketInRouter(), []
-    router.register(Feature.IGMP, lambda p: got.append(("igmp", p.in_port)))
-    router.register(Feature.POLICY, lambda p: got.append(("policy", p.in_port)))
-    router(_pin(Cookie(3, Feature.IGMP, 7).pack()))
-    router(_pin(Cookie(9, Feature.POLICY, 1).pack()))
-    assert got == [("igmp", 7), ("policy", 7)]
+    router.register(Feature.IGMP, lambda b: got.append(("igmp", [p.cookie for p in b])))
+    router.register(Feature.POLICY, lambda b: got.append(("policy", [p.cookie for p in b])))
+    igmp = [Cookie(3, Feature.IGMP, 7).pack(), Cookie(3, Feature.IGMP, 8).pack()]
+    policy = Cookie(9, Feature.POLICY, 1).pack()
+    router([_pin(igmp[0]), _pin(policy), _pin(igmp[1])])
+    assert got == [("igmp", igmp), ("policy", [policy])]  # each feature's share as one batch
 
 
 def test_unrouted_packet_ins_are_counted_not_raised() -> None:
     router = PacketInRouter()
     router.register(Feature.IGMP, lambda p: pytest.fail("wrong handler"))
     before = REGISTRY.get_sample_value("kube_mcast_packet_ins_unrouted_total") or 0
-    router(_pin(Cookie(1, Feature.POD, 7).pack()))  # a feature with no handler
-    router(_pin(0xFF << 40))  # not one of our features at all
+    router([_pin(Cookie(1, Feature.POD, 7).pack()),  # a feature with no handler
+            _pin(0xFF << 40)])  # not one of our features at all
     assert REGISTRY.get_sample_value("kube_mcast_packet_ins_unrouted_total") == before + 2
 
 

@@ -130,10 +130,10 @@ def test_failed_startup_resyncs_on_next_flush() -> None:
 
 def test_conflicting_keys_are_named() -> None:
     rec = Reconciler(FakeSwitch(), P)
-    rec.set("a", "1", SwitchState(groups=(Group(3, ()),)))
-    rec.set("b", "2", SwitchState(groups=(mc.query_group([1]), replace(
+    rec.set(Feature.GROUP, "a", SwitchState(groups=(Group(3, ()),)))
+    rec.set(Feature.IGMP, "b", SwitchState(groups=(mc.query_group([1]), replace(
         mc.query_group([1]), group_id=3))))
-    with pytest.raises(ConflictError, match=r"group 3 wanted differently by \('a', '1'\)"):
+    with pytest.raises(ConflictError, match=r"group 3 wanted differently by group/a and igmp/b"):
         rec.desired()
 
 
@@ -174,18 +174,18 @@ def test_an_item_two_keys_want_lives_until_both_let_go() -> None:
     sw = FakeSwitch()
     rec = Reconciler(sw, P)
     shared = Flow(layout.OUTPUT, 300, Match.of(in_port=7), (Drop(),), 0x1)
-    rec.set("a", "1", SwitchState((shared,)))
-    rec.set("b", "1", SwitchState((shared,)))
+    rec.set(Feature.GROUP, "a", SwitchState((shared,)))
+    rec.set(Feature.GROUP, "b", SwitchState((shared,)))
     rec.flush()
-    rec.remove("a", "1")
+    rec.remove(Feature.GROUP, "a")
     rec.flush()
     assert shared in sw.state.flows
-    rec.remove("b", "1")
+    rec.remove(Feature.GROUP, "b")
     rec.flush()
     assert shared not in sw.state.flows
     # and a clash between a changed key and an unchanged one is named
-    rec.set("a", "1", SwitchState((shared,)))
+    rec.set(Feature.GROUP, "a", SwitchState((shared,)))
     rec.flush()
-    rec.set("b", "1", SwitchState((replace(shared, cookie=0x2),)))
+    rec.set(Feature.GROUP, "b", SwitchState((replace(shared, cookie=0x2),)))
     with pytest.raises(ConflictError, match="flow"):
         rec.flush()

@@ -159,7 +159,7 @@ def test_handler_failure_is_fatal(pair: tuple[OpenFlowSwitch, FakeBridge],
         done.set()
         raise RuntimeError("bug in a packet-in handler")
 
-    sw.on_packet_in = broken
+    sw.on_packet_ins = broken
     dp = ofproto_protocol.ProtocolDesc(OF_VERSION)
     prop = ofpp.NXTPacketIn2PropPacket(data=bytes(60))
     prop.type = prop._PROP_TYPE

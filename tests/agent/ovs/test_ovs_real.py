@@ -151,10 +151,10 @@ def test_initial_flows_in_one_bundle_read_back_equal(switch: OpenFlowSwitch,
     assert rec.flush() == [] and counting.bundles == 1
     # Meters cannot go in a bundle: they are applied around it.
     meter = Meter(1, rate_pps=100, burst=10)
-    rec.set("meter", "", SwitchState(meters=(meter,)))
+    rec.set(Feature.PIPELINE, "meter", SwitchState(meters=(meter,)))
     rec.flush()
     assert switch.dump().meters == (meter,)
-    rec.remove("meter", "")
+    rec.remove(Feature.PIPELINE, "meter")
     rec.flush()
     assert switch.dump().meters == ()
 
@@ -191,7 +191,7 @@ def test_rejected_bundle_names_the_op_and_changes_nothing(switch: OpenFlowSwitch
     bad = Flow(mc.layout.ROUTING, 200, Match.of(eth_type=0x800, ipv4_dst="239.9.9.9"),
                (GroupAction(999),), cfg.cookie(Feature.GROUP, 9))
     rec.set(Feature.POD, "2", SwitchState(tuple(mc.pod_flows(cfg, 2))))  # valid, same bundle
-    rec.set("bad", "", SwitchState((bad,)))
+    rec.set(Feature.POD, "bad", SwitchState((bad,)))
     with pytest.raises(OpenFlowError) as err:
         rec.flush()
     text = str(err.value)
@@ -248,7 +248,7 @@ def test_igmp_from_a_pod_is_punted_with_userdata(switch: OpenFlowSwitch, ovs_nod
     netns.create(netns_name)
     port = _pod(ovs_node, db, netns_name)
     got: queue.Queue[PacketIn] = queue.Queue()
-    switch.on_packet_in = got.put
+    switch.on_packet_ins = lambda batch: [got.put(p) for p in batch]
     rec = Reconciler(switch, P)
     _load(rec, 1, [port], [])
     rec.flush()
