@@ -19,6 +19,7 @@ from typing import Any
 
 import yaml
 
+from agent.multicast.igmp.limits import Cap, Limits
 from pipeline.multicast import Mode
 
 
@@ -35,7 +36,9 @@ KEYS: dict[str, tuple[str, ...]] = {
          "metricsPort"),
     "featureGates": tuple(FEATURE_GATES),
     "multicast": ("enable", "multicastInterfaces", "igmpQueryInterval", "igmpMaxResponse",
-                  "igmpQueryVersions", "igmpRobustness"),
+                  "igmpQueryVersions", "igmpRobustness", "limits", "igmpRateLimit"),
+    "multicast.limits": tuple(c.value for c in Cap),
+    "multicast.igmpRateLimit": ("podPps", "tunnelPps", "uplinkPps"),
     "node": ("name", "ip", "mac"),
     "ovs": ("db", "runDir", "datapathType", "tunnelType", "intBridge", "phyBridge",
             "controllerPort"),
@@ -61,6 +64,16 @@ def parse_duration(value: Any, key: str) -> float:
 
 
 @dataclass(frozen=True)
+class PuntRates:
+    """Packets per second of IGMP each source may punt to the agent (OpenFlow meters): per pod
+    port, the tunnel (peer agents) and the uplink, so a flooding pod exhausts only its own."""
+
+    pod_pps: int = 200
+    tunnel_pps: int = 5000
+    uplink_pps: int = 1000
+
+
+@dataclass(frozen=True)
 class AgentConfig:
     node_name: str
     node_ip: str
@@ -83,6 +96,8 @@ class AgentConfig:
     api_socket: str = "/var/run/kube-mcast/agent.sock"
     metrics_port: int = 0
     node_mac: str = ""
+    limits: Limits = Limits()
+    punt_rates: PuntRates = PuntRates()
 
     @property
     def uplink(self) -> str | None:
@@ -110,6 +125,34 @@ def _section(raw: dict[str, Any], name: str) -> dict[str, Any]:
     d: dict[str, Any] = _get(raw, "", name, dict, {})
     _check_keys(d, name)
     return d
+
+
+def _subsection(parent: dict[str, Any], section: str, key: str) -> dict[str, Any]:
+    """Mapping ``section.key`` inside ``parent`` (empty if absent), its keys checked."""
+    d: dict[str, Any] = _get(parent, section, key, dict, {})
+    _check_keys(d, _path(section, key))
+    return d
+
+
+def _positive(d: dict[str, Any], section: str, key: str, default: int) -> int:
+    value: int = _get(d, section, key, int, default)
+    if value < 1:
+        raise ConfigError(f"{_path(section, key)}: must be at least 1, got {value}")
+    return value
+
+
+def _limits(mc: dict[str, Any]) -> Limits:
+    d, sec = _subsection(mc, "multicast", "limits"), "multicast.limits"
+    default = Limits()
+    return Limits.from_caps({c: _positive(d, sec, c.value, default[c]) for c in Cap})
+
+
+def _punt_rates(mc: dict[str, Any]) -> PuntRates:
+    d, sec = _subsection(mc, "multicast", "igmpRateLimit"), "multicast.igmpRateLimit"
+    default = PuntRates()
+    return PuntRates(_positive(d, sec, "podPps", default.pod_pps),
+                     _positive(d, sec, "tunnelPps", default.tunnel_pps),
+                     _positive(d, sec, "uplinkPps", default.uplink_pps))
 
 
 def _check_keys(d: dict[str, Any], section: str) -> None:
@@ -189,6 +232,8 @@ def parse_config(raw: dict[str, Any], env: Mapping[str, str] | None = None) -> A
         controller_port=_get(ovs, "ovs", "controllerPort", int, 6653),
         api_socket=_get(raw, "", "apiSocket", str, AgentConfig.api_socket),
         metrics_port=_get(raw, "", "metricsPort", int, 0),
+        limits=_limits(mc),
+        punt_rates=_punt_rates(mc),
     )
 
 

@@ -13,6 +13,10 @@ IGMP_MESSAGES = Counter(
     "kube_mcast_igmp_messages_total", "IGMP messages received, by type and verdict",
     ["type", "verdict"],
 )
+IGMP_REFUSED = Counter(
+    "kube_mcast_igmp_refused_total",
+    "IGMP reports from pods refused whole because they would exceed a cap", ["cap"],
+)
 PACKET_INS_DROPPED = Counter(
     "kube_mcast_packet_ins_dropped_total",
     "Packet-ins shed because the agent's event queue was full", ["feature"],

@@ -11,7 +11,7 @@ any packet on a down link: queries and refreshes repeat on their own.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 from agent.flowsync.switch import Switch, SwitchDisconnected
 from agent.multicast.igmp.membership import Membership
@@ -51,14 +51,18 @@ class Announcer:
         """Take the current local groups as known to peers (restored after a restart)."""
         self._announced = set(self._local.groups())
 
-    def announce_changes(self) -> None:
-        """Tell peers and upstream about groups that gained or lost their local side."""
-        now_groups = self._local.groups()
-        joined = now_groups - self._announced
-        left = self._announced - now_groups
+    def announce_changes(self, changed: Iterable[str]) -> None:
+        """Tell peers and upstream which of ``changed`` gained or lost their local side.
+
+        Only the groups an event changed are looked at: the cost follows the change, not the
+        number of groups the node has.
+        """
+        joined = {g for g in changed if self._local.has_group(g) and g not in self._announced}
+        left = {g for g in changed if g in self._announced and not self._local.has_group(g)}
         if not joined and not left:
             return
-        self._announced = set(now_groups)
+        self._announced |= joined
+        self._announced -= left
         records = [GroupRecord(RecordType.TO_EX, g, ()) for g in sorted(joined)]
         records += [GroupRecord(RecordType.TO_IN, g, ()) for g in sorted(left)]
         self.to_peers(records)

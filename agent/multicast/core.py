@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -28,6 +28,7 @@ from agent.interfacestore import AttachConflict, InterfaceStore, PodAttach, PodI
 from agent.multicast import forwarding as fw
 from agent.multicast.announcer import Announcer
 from agent.multicast.groups import GroupReplication
+from agent.multicast.igmp.limits import Cap, check_report
 from agent.multicast.igmp.membership import ANY_SOURCE, Membership, Timers
 from agent.multicast.igmp.packets import (
     LeaveV2,
@@ -49,6 +50,9 @@ from wire.nodes import NodeInfo
 log = logging.getLogger(__name__)
 
 QUERY_KEY = "query"  # the reconciler key of the query group, under Feature.IGMP
+SETTLE_GROUPS = 512
+"""Groups rebuilt per settle: bounds one bundle whatever a burst of reports changed."""
+REFUSAL_LOG_INTERVAL_S = 10.0
 
 
 class PodPorts(Protocol):
@@ -100,6 +104,9 @@ class MulticastCore:
         self.announcer = Announcer(bridge, switch, self.local, self.node_ips,
                                    cfg.query_versions, cfg.robustness, cfg.query_interval_s)
         self._querier = Querier.from_timers(timers, cfg.query_versions, start_s=clock())
+        self.limits = cfg.limits
+        self._pending: set[str] = set()  # groups whose members changed, not yet rebuilt
+        self._refusal_log: dict[Cap, tuple[float, int]] = {}  # cap -> (last logged, since)
         self._next_refresh = clock()
 
     # ------------------------------------------------------------------ start-up
@@ -163,7 +170,7 @@ class MulticastCore:
             self.groups.sync(changed)
             self._rec.flush()
             self._ports.del_port(pod.host_ifname)
-            self.announcer.announce_changes()  # its groups may have lost their local side
+            self.announcer.announce_changes(changed)  # they may have lost their local side
             log.info("pod %s detached", pod.ref)
         self._wake()
 
@@ -230,7 +237,21 @@ class MulticastCore:
     # ------------------------------------------------------------------ IGMP packet-ins
 
     def handle_packet_in(self, ev: PacketIn) -> None:
-        """IGMP punted by a pod, tunnel or uplink flow (packet-ins of ``Feature.IGMP``)."""
+        """One IGMP packet-in, settled at once (see ``handle_packet_ins``)."""
+        self.handle_packet_ins([ev])
+
+    def handle_packet_ins(self, batch: Sequence[PacketIn]) -> None:
+        """IGMP punted by pod, tunnel or uplink flows (packet-ins of ``Feature.IGMP``).
+
+        Each is applied to the membership tables at once (cheap); the groups they changed are
+        rebuilt, flushed and announced once per batch, and at most ``SETTLE_GROUPS`` at a
+        time: a burst costs one bundle per batch, not one per report.
+        """
+        for ev in batch:
+            self._receive(ev)
+        self.settle()
+
+    def _receive(self, ev: PacketIn) -> None:
         try:
             reason = PuntReason(ev.userdata[0]) if ev.userdata else None
         except ValueError:
@@ -252,8 +273,17 @@ class MulticastCore:
                 verdict = self._tunnel_igmp(now, ev.tun_src, msg)
             else:
                 verdict = self._uplink_igmp(msg)
-            self._flush_unless_disconnected()
         metrics.IGMP_MESSAGES.labels(type=type(msg).__name__, verdict=verdict).inc()
+
+    def settle(self) -> None:
+        """Rebuild, flush and announce what received reports changed (bounded per call)."""
+        with self._lock:
+            if self._pending:
+                batch = sorted(self._pending)[:SETTLE_GROUPS]
+                self._pending.difference_update(batch)
+                self.groups.sync(batch)
+                self.announcer.announce_changes(batch)
+            self._flush_unless_disconnected()
         self._wake()
 
     def _pod_igmp(self, now: float, in_port: int, msg: object) -> str:
@@ -262,9 +292,34 @@ class MulticastCore:
             return "unknown_port"
         if not isinstance(msg, ReportV1 | ReportV2 | LeaveV2 | ReportV3):
             return "ignored"  # pods are hosts: their queries are not ours to act on
-        self.groups.sync(self.local.apply(now, pod.container_id, msg))
-        self.announcer.announce_changes()
+        cap = check_report(self.limits, msg, self.local.filters_of(pod.container_id),
+                           self._node_has_group, self._node_group_count())
+        if cap is not None:
+            self._refused(cap, pod)
+            return "over_cap"
+        self._pending |= self.local.apply(now, pod.container_id, msg)
         return "accepted"
+
+    def _node_has_group(self, group: str) -> bool:
+        return self.local.has_group(group) or self.remote.has_group(group)
+
+    def _node_group_count(self) -> int:
+        """Groups with a member anywhere (the node's cap counts each once)."""
+        if not self.remote.group_count():
+            return self.local.group_count()
+        return len(self.local.groups() | self.remote.groups())
+
+    def _refused(self, cap: Cap, pod: PodInfo) -> None:
+        """Count a refusal; log it at most once per interval per cap, with how many were not."""
+        metrics.IGMP_REFUSED.labels(cap=cap.value).inc()
+        now = self._clock()
+        last, suppressed = self._refusal_log.get(cap, (float("-inf"), 0))
+        if now - last >= REFUSAL_LOG_INTERVAL_S:
+            log.warning("IGMP report from pod %s refused: over %s (%d refusals not logged "
+                        "since the last line)", pod.ref, cap.value, suppressed)
+            self._refusal_log[cap] = (now, 0)
+        else:
+            self._refusal_log[cap] = (last, suppressed + 1)
 
     def _tunnel_igmp(self, now: float, tun_src: str | None, msg: object) -> str:
         if isinstance(msg, Query):
@@ -276,7 +331,7 @@ class MulticastCore:
         node_ip = tun_src or msg.src
         if node_ip not in self._nodes.values():
             return "unknown_node"
-        self.groups.sync(self.remote.apply(now, node_ip, msg))
+        self._pending |= self.remote.apply(now, node_ip, msg)
         return "accepted"
 
     def _uplink_igmp(self, msg: object) -> str:
@@ -289,21 +344,21 @@ class MulticastCore:
     # ------------------------------------------------------------------ timers
 
     def next_deadline(self) -> float:
-        """When ``tick`` has work next: an expiry, a due query or the periodic refresh."""
+        """When ``tick`` has work next: an expiry, a due query, the periodic refresh, or now
+        while changed groups wait to be settled."""
         with self._lock:
+            if self._pending:
+                return self._clock()
             times = [self._querier.next_due(), self._next_refresh]
             times += [t for t in (self.local.next_deadline(), self.remote.next_deadline())
                       if t is not None]
             return min(times)
 
     def tick(self) -> None:
-        """Age members, send due queries and refreshes; cheap when nothing is due."""
+        """Age members, send due queries and refreshes, settle; cheap when nothing is due."""
         with self._lock:
             now = self._clock()
-            changed = self.local.expire(now) | self.remote.expire(now)
-            if changed:
-                self.groups.sync(changed)
-                self.announcer.announce_changes()
+            self._pending |= self.local.expire(now) | self.remote.expire(now)
             for g in self.local.due_queries(now):
                 self.announcer.query_pods(
                     group=g, max_resp_s=self.local.timers.last_member_query_interval_s)
@@ -314,7 +369,7 @@ class MulticastCore:
             if now >= self._next_refresh:
                 self._next_refresh = now + self.cfg.query_interval_s
                 self.announcer.full_report()
-            self._flush_unless_disconnected()
+        self.settle()
 
     def _flush_unless_disconnected(self) -> None:
         """Flush; while the bridge is away the desired state waits for the reconnect's sync."""

@@ -92,7 +92,8 @@ def test_misspelt_key_is_an_error_not_a_default(tmp_path) -> None:
         load_config(path)
     assert str(e.value) == (
         f"{path}: multicast.igmpQueryIntervall: unknown key (known: enable, igmpMaxResponse, "
-        "igmpQueryInterval, igmpQueryVersions, igmpRobustness, multicastInterfaces)")
+        "igmpQueryInterval, igmpQueryVersions, igmpRateLimit, igmpRobustness, limits, "
+        "multicastInterfaces)")
 
 
 @pytest.mark.parametrize(("raw", "path"), [
@@ -133,7 +134,10 @@ def test_every_declared_key_is_accepted() -> None:
         "trafficEncapMode": "encap",
         "multicast": {"enable": True, "multicastInterfaces": ["eth0"],
                       "igmpQueryInterval": "10s", "igmpMaxResponse": "1s",
-                      "igmpQueryVersions": [3], "igmpRobustness": 3},
+                      "igmpQueryVersions": [3], "igmpRobustness": 3,
+                      "limits": {"recordsPerReport": 10, "sourcesPerRecord": 11,
+                                 "groupsPerPod": 12, "sourcesPerPod": 13, "groupsPerNode": 14},
+                      "igmpRateLimit": {"podPps": 15, "tunnelPps": 16, "uplinkPps": 17}},
         "node": {"name": "n1", "ip": "10.0.0.1", "mac": "0a:00:00:00:00:01"},
         "ovs": {"db": "unix:/tmp/db.sock", "runDir": "/tmp/ovs", "datapathType": "netdev",
                 "tunnelType": "geneve", "intBridge": "br-a", "phyBridge": "br-b",
@@ -141,10 +145,30 @@ def test_every_declared_key_is_accepted() -> None:
         "apiSocket": "/tmp/agent.sock", "metricsPort": 1,
     }
     assert set(raw) == set(KEYS[""])
-    assert all(set(raw[s]) == set(KEYS[s]) for s in KEYS if s)
+    def section(path: str) -> dict[str, Any]:
+        d = raw
+        for part in path.split("."):
+            d = d[part]
+        return d
+
+    assert all(set(section(s)) == set(KEYS[s]) for s in KEYS if s)
     cfg = parse_config(raw, env={})
     assert (cfg.node_mac, cfg.ovsdb, cfg.ovs_rundir, cfg.controller_port) == (
         "0a:00:00:00:00:01", "unix:/tmp/db.sock", "/tmp/ovs", 6654)
     assert (cfg.int_bridge, cfg.phy_bridge, cfg.query_versions) == ("br-a", "br-b", (3,))
     assert (cfg.max_response_s, cfg.robustness, cfg.api_socket, cfg.metrics_port) == (
         1, 3, "/tmp/agent.sock", 1)
+
+
+def test_limits_and_punt_rates() -> None:
+    cfg = parse_config({**BASE, "multicast": {
+        "limits": {"groupsPerPod": 7}, "igmpRateLimit": {"podPps": 50}}})
+    assert (cfg.limits.groups_per_pod, cfg.limits.records_per_report) == (7, 256)
+    assert (cfg.punt_rates.pod_pps, cfg.punt_rates.tunnel_pps) == (50, 5000)
+    with pytest.raises(ConfigError, match=r"^multicast\.limits\.groupsPerPood: unknown key"):
+        parse_config({**BASE, "multicast": {"limits": {"groupsPerPood": 7}}})
+    with pytest.raises(ConfigError, match=r"^multicast\.limits\.sourcesPerPod: must be at "
+                                          r"least 1, got 0"):
+        parse_config({**BASE, "multicast": {"limits": {"sourcesPerPod": 0}}})
+    with pytest.raises(ConfigError, match=r"^multicast\.igmpRateLimit\.tunnelPps: expected int"):
+        parse_config({**BASE, "multicast": {"igmpRateLimit": {"tunnelPps": "fast"}}})

@@ -233,6 +233,17 @@ class Membership:
     def groups(self) -> set[str]:
         return set(self._groups)
 
+    def has_group(self, group: str) -> bool:
+        """Whether ``group`` has any member (cheap: no copy of the group set)."""
+        return group in self._groups
+
+    def group_count(self) -> int:
+        return len(self._groups)
+
+    def filters_of(self, member: Member) -> dict[str, SourceFilter]:
+        """Every group ``member`` is in, with its filter (to check a report against caps)."""
+        return {g: self._groups[g][member].filter for g in self._of.get(member, ())}
+
     def next_deadline(self) -> float | None:
         """When to call `expire`/`due_queries` next, or None if neither has anything to do.
 

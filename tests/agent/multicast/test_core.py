@@ -383,19 +383,19 @@ def test_packet_ins_reach_the_core_through_the_router(env) -> None:
 
     agent, switch, _, (p1, p2, *_), _ = env
     router = PacketInRouter()
-    router.register(Feature.IGMP, agent.handle_packet_in)
+    router.register(Feature.IGMP, agent.handle_packet_ins)
     (frame,) = build_v3_reports([GroupRecord(RecordType.TO_EX, G, ())], p2.ip, p2.mac)
     punt = next(f for f in switch.table.flows() if f.match.get("in_port")
                 and f.match.get("in_port").value == p2.ofport and f.match.get("ip_proto"))
-    router(PacketIn(p2.ofport, bytes([PuntReason.IGMP_POD]), frame, None, punt.cookie, 0, 0))
+    router([PacketIn(p2.ofport, bytes([PuntReason.IGMP_POD]), frame, None, punt.cookie, 0, 0)])
     assert send(switch, p1, G) == [p2.ofport, UPLINK]
     # a cookie of another feature reaches no handler: the report is not applied
     other = agent.bridge.cookie(Feature.POD, p2.ofport)
     (frame,) = build_v3_reports([GroupRecord(RecordType.TO_EX, G2, ())], p2.ip, p2.mac)
-    router(PacketIn(p2.ofport, bytes([PuntReason.IGMP_POD]), frame, None, other, 0, 0))
+    router([PacketIn(p2.ofport, bytes([PuntReason.IGMP_POD]), frame, None, other, 0, 0)])
     assert send(switch, p1, G2) == [UPLINK]
     with pytest.raises(ValueError, match="IGMP"):
-        router.register(Feature.IGMP, agent.handle_packet_in)
+        router.register(Feature.IGMP, agent.handle_packet_ins)
 
 
 def test_deleting_the_last_member_pod_withdraws_the_group_at_once(env) -> None:
@@ -409,3 +409,43 @@ def test_deleting_the_last_member_pod_withdraws_the_group_at_once(env) -> None:
     withdrawn = sorted((r.kind, r.group, type(a[0]).__name__) for m, a in switch.sent()
                        if isinstance(m, IgmpReportV3) for r in m.records)
     assert withdrawn == [(RecordType.TO_IN, G, "Output"), (RecordType.TO_IN, G, "SetTunnelDst")]
+
+
+def test_a_report_over_a_cap_is_refused_whole_and_counted(env) -> None:
+    from prometheus_client import REGISTRY
+
+    from agent.multicast.igmp.limits import Limits
+
+    agent, switch, _, (p1, p2, p3, _), _ = env
+    agent.limits = Limits(groups_per_pod=2)
+    join_v3(agent, p2, G)
+    before = REGISTRY.get_sample_value("kube_mcast_igmp_refused_total",
+                                       {"cap": "groupsPerPod"}) or 0
+    (frame,) = build_v3_reports([GroupRecord(RecordType.TO_EX, g, ())
+                                 for g in (G2, "239.3.3.3")], p2.ip, p2.mac)
+    agent.handle_packet_in(PI(p2.ofport, bytes([PuntReason.IGMP_POD]), frame))
+    assert [m.group for m in agent.members()] == [G]  # neither group: not half-applied
+    assert REGISTRY.get_sample_value("kube_mcast_igmp_refused_total",
+                                     {"cap": "groupsPerPod"}) == before + 1
+    join_v3(agent, p2, G2)  # one more is within the cap
+    join_v3(agent, p3, "239.3.3.3")  # and another pod has its own budget
+    assert send(switch, p1, G2) == [p2.ofport, UPLINK]
+    assert send(switch, p1, "239.3.3.3") == [p3.ofport, UPLINK]
+
+
+def test_a_burst_is_settled_in_bounded_bundles(env, monkeypatch) -> None:
+    """Many reports in one batch: membership takes them all, the switch gets them in bundles
+    of at most SETTLE_GROUPS groups, the rest on the following ticks."""
+    from agent.multicast import core as core_mod
+
+    agent, switch, clock, (p1, p2, *_), _ = env
+    monkeypatch.setattr(core_mod, "SETTLE_GROUPS", 10)
+    groups = [f"239.7.0.{i}" for i in range(25)]
+    frames = [build_v2_report(g, p2.ip, p2.mac) for g in groups]
+    agent.handle_packet_ins([PI(p2.ofport, bytes([PuntReason.IGMP_POD]), f) for f in frames])
+    routed = [g for g in groups if send(switch, p1, g) != [UPLINK]]
+    assert len(routed) == 10 and agent.next_deadline() == clock.now  # more work is due now
+    agent.tick()
+    agent.tick()
+    assert all(send(switch, p1, g) == [p2.ofport, UPLINK] for g in groups)
+    assert agent.next_deadline() > clock.now
