@@ -1,9 +1,11 @@
-"""A pure OpenFlow 1.3 switch simulator over our flow/group descriptions (cf. Faucet fakeoftable).
+"""A pure switch simulator over our flow/group descriptions (cf. Faucet's fakeoftable).
 
-This module owns the *semantics* tests rely on when they ask "where does this packet go":
+This module owns the *packet* semantics tests rely on when they ask "where does this packet go":
 priority lookup, masked and register matches, apply-actions in order, ALL groups whose buckets
 each work on a copy, resubmit/goto, packet-ins, the implicit drop of output to the input port,
 and per-flow / per-group packet counters. No os-ken, no I/O, no module-level mutable state.
+What flow, group and meter mods do to the tables (replace, modify-strict, a group delete taking
+its flows, the errors OVS answers) is ``switchmodel.SwitchModel``, which ``FakeSwitch`` extends.
 
 Where Open vSwitch 3.1 differs from a naive reading of OpenFlow, we follow OVS (checked against
 ``ofproto/trace`` in tests/pipeline/test_fake_vs_ovs.py):
@@ -16,8 +18,9 @@ Where Open vSwitch 3.1 differs from a naive reading of OpenFlow, we follow OVS (
 * ``ct(nat)`` rewrites the datapath packet, which OVS cannot roll back when it "clones" for the
   next bucket: every copy delivered after a NAT in the same traversal carries the NATed source,
   even from another bucket. Matching is unaffected (the translated flow keeps the old source).
-* A flow naming a missing group is refused (OFPBAC_BAD_OUT_GROUP); deleting a group deletes
-  the flows that use it; adding an existing group fails (OFPGMFC_GROUP_EXISTS).
+
+On top of the model, a flow is checked against the pipeline declaration and its match
+prerequisites (OVS: OFPBMC_BAD_PREREQ) as it goes in, so a pipeline bug fails at install time.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import ipaddress
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 from types import MappingProxyType
+from typing import Any
 
 from pipeline.model import (
     ETH_TYPE_IP,
@@ -51,13 +55,11 @@ from pipeline.model import (
     SetField,
     SetTunnelDst,
 )
-from pipeline.ops import Command, FlowOp, GroupOp, Op
+from pipeline.switchmodel import FlowKey, SwitchError, SwitchModel, describe
 from pipeline.tables import Pipeline
 
 MAX_DEPTH = 64
 """Nested table/group invocations before translation aborts (OVS's MAX_DEPTH)."""
-
-FlowKey = tuple[str, int, Match]
 
 _SET_ACTIONS = (SetField, LoadReg, SetTunnelDst)
 # Final actions of an action set, lowest precedence first (OVS ACTION_SET_FINAL_PRIORITY).
@@ -66,8 +68,8 @@ _NEEDS_IP = frozenset({"ip_proto", "ipv4_src", "ipv4_dst", "udp_dst"})
 _PACKET_ATTRS = MappingProxyType({"tun_ipv4_src": "tun_src", "tun_ipv4_dst": "tun_dst"})
 
 
-class FakeTableError(Exception):
-    """The switch would refuse this, or the pipeline is ambiguous: a bug in what we built."""
+FakeTableError = SwitchError
+"""The fake table's name for what the switch would refuse or a pipeline bug it detects."""
 
 
 class AmbiguousMatch(FakeTableError):
@@ -97,8 +99,9 @@ class Packet:
             if value is not None:
                 object.__setattr__(self, name, str(ipaddress.IPv4Address(value)))
 
-    def replace(self, **changes: object) -> Packet:
-        return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
+    def replace(self, **changes: Any) -> Packet:
+        """A copy with some fields changed (checked and normalised again on creation)."""
+        return dataclasses.replace(self, **changes)
 
 
 def multicast_mac(group_ip: str) -> str:
@@ -223,10 +226,12 @@ def _check_prerequisites(flow: Flow) -> None:
     names = flow.match.names()
     eth = flow.match.get("eth_type")
     if names & _NEEDS_IP and (eth is None or eth.value != ETH_TYPE_IP):
-        raise FakeTableError(f"{flow.key}: IPv4 fields need eth_type=0x0800")
+        raise FakeTableError(f"{describe(flow.key)}: IPv4 fields need eth_type=0x0800",
+                             "OFPBMC_BAD_PREREQ")
     proto = flow.match.get("ip_proto")
     if "udp_dst" in names and (proto is None or proto.value != IP_PROTO_UDP):
-        raise FakeTableError(f"{flow.key}: udp_dst needs ip_proto=17")
+        raise FakeTableError(f"{describe(flow.key)}: udp_dst needs ip_proto=17",
+                             "OFPBMC_BAD_PREREQ")
 
 
 def effective_bucket_actions(bucket: Bucket) -> tuple[Action, ...]:
@@ -241,137 +246,65 @@ def effective_bucket_actions(bucket: Bucket) -> tuple[Action, ...]:
     return sets + (final,) if final is not None else ()
 
 
-class FakeSwitch:
+class FakeSwitch(SwitchModel):
     """One bridge's flow tables and groups; ``process`` walks a packet through them."""
 
     def __init__(self, pipeline: Pipeline, flows: Iterable[Flow] = (),
                  groups: Iterable[Group] = (), *, tunnel_ports: Collection[int] = (),
                  ports: Collection[int] | None = None, strict_buckets: bool = True) -> None:
         """``tunnel_ports`` send to tun_dst; with ``ports``, outputs elsewhere are dropped."""
+        super().__init__(tables=pipeline.names)
         self.pipeline = pipeline
         self.tunnel_ports = frozenset(tunnel_ports)
         self.ports = frozenset(ports) if ports is not None else None
         self.strict_buckets = strict_buckets
-        self._tables: dict[str, dict[tuple[int, Match], Flow]] = {n: {} for n in pipeline.names}
-        self._groups: dict[int, Group] = {}
+        # Counters of installed flows and groups; absent means 0 (see _forget_*).
         self._flow_packets: dict[FlowKey, int] = {}
         self._group_packets: dict[int, int] = {}
-        self.meters: dict[int, object] = {}
         # Groups first: flows may only point at groups that exist, as on a real switch.
         for g in groups:
             self.add_group(g)
         for f in flows:
             self.add_flow(f)
 
-    # -- state changes ------------------------------------------------------------------------
+    # -- what the model asks of a switch that checks more and counts packets --------------------
 
-    def _check_group_refs(self, actions: Iterable[Action], where: str) -> None:
-        for gid in {a.group_id for a in actions if isinstance(a, GroupAction)} - set(self._groups):
-            raise FakeTableError(f"{where}: no group {gid} (OFPBAC_BAD_OUT_GROUP)")
-
-    def add_flow(self, flow: Flow) -> None:
-        """Add or replace (same table, priority, match) a flow; counters are kept on replace."""
+    def _vet_flow(self, flow: Flow) -> None:
         self.pipeline.check_flow(flow)
         _check_prerequisites(flow)
-        self._check_group_refs(flow.actions, f"flow {flow.key}")
-        self._tables[flow.table][(flow.priority, flow.match)] = flow
-        self._flow_packets.setdefault(flow.key, 0)
 
-    def delete_flow(self, flow: Flow) -> None:
-        """Strict delete by (table, priority, match); deleting a missing flow is a no-op."""
-        self._tables[flow.table].pop((flow.priority, flow.match), None)
-        self._flow_packets.pop(flow.key, None)
+    def _vet_buckets(self, group_id: int, buckets: tuple[Bucket, ...]) -> None:
+        for bucket in buckets:
+            for a in bucket.actions:
+                if isinstance(a, GotoTable | Resubmit):
+                    self.pipeline.spec(a.table)
+            if self.strict_buckets and effective_bucket_actions(bucket) != bucket.actions:
+                raise FakeTableError(f"group {group_id}: bucket {bucket.actions} is an action "
+                                     f"set; OVS would run {effective_bucket_actions(bucket)}")
 
-    def _check_bucket(self, group_id: int, bucket: Bucket) -> None:
-        for a in bucket.actions:
-            if isinstance(a, GotoTable | Resubmit):
-                self.pipeline.spec(a.table)
-        self._check_group_refs(bucket.actions, f"group {group_id}")
-        if self.strict_buckets and effective_bucket_actions(bucket) != bucket.actions:
-            raise FakeTableError(f"group {group_id}: bucket {bucket.actions} is an action set; "
-                                 f"OVS would run {effective_bucket_actions(bucket)}")
+    def _forget_flow(self, key: FlowKey) -> None:
+        self._flow_packets.pop(key, None)  # a flow added again starts from 0, as on OVS
 
-    def add_group(self, group: Group) -> None:
-        if group.group_id in self._groups:
-            raise FakeTableError(f"group {group.group_id} exists (OFPGMFC_GROUP_EXISTS)")
-        self._set_group(group)
-
-    def _set_group(self, group: Group) -> None:
-        for b in group.buckets:
-            self._check_bucket(group.group_id, b)
-        self._groups[group.group_id] = group
-        self._group_packets.setdefault(group.group_id, 0)
-
-    def modify_group(self, group: Group) -> None:
-        """OpenFlow 1.3 MODIFY: replaces every bucket."""
-        if group.group_id not in self._groups:
-            raise FakeTableError(f"group {group.group_id} unknown (OFPGMFC_UNKNOWN_GROUP)")
-        self._set_group(group)
-
-    def insert_buckets(self, group: Group) -> None:
-        old = self._groups.get(group.group_id)
-        if old is None:
-            raise FakeTableError(f"group {group.group_id} unknown (OFPGMFC_UNKNOWN_GROUP)")
-        self._set_group(dataclasses.replace(old, buckets=old.buckets + group.buckets))
-
-    def delete_group(self, group_id: int) -> None:
-        """Delete a group and, as OpenFlow requires, every flow that sends to it."""
-        if self._groups.pop(group_id, None) is None:
-            return
+    def _forget_group(self, group_id: int) -> None:
         self._group_packets.pop(group_id, None)
-        for f in self.flows():
-            if GroupAction(group_id) in f.actions:
-                self.delete_flow(f)
-
-    def apply(self, ops: Iterable[Op]) -> None:
-        """Apply pipeline.ops operations in order, as one bundle would."""
-        for op in ops:
-            if isinstance(op, FlowOp):
-                self._flow_op(op.command, op.flow)
-            elif isinstance(op, GroupOp):
-                {
-                    Command.ADD: self.add_group,
-                    Command.MODIFY: self.modify_group,
-                    Command.INSERT_BUCKETS: self.insert_buckets,
-                    Command.DELETE: lambda g: self.delete_group(g.group_id),
-                }[op.command](op.group)
-            elif op.command is Command.DELETE:  # meters are only kept, never applied
-                self.meters.pop(op.meter.meter_id, None)
-            else:
-                self.meters[op.meter.meter_id] = op.meter
-
-    def _flow_op(self, command: Command, flow: Flow) -> None:
-        if command is Command.ADD:
-            self.add_flow(flow)
-        elif command is Command.DELETE:
-            self.delete_flow(flow)
-        elif command is Command.MODIFY:
-            # modify_strict over OF1.3: never adds, keeps the old cookie and the counters
-            old = self._tables[flow.table].get((flow.priority, flow.match))
-            if old is not None:
-                self.add_flow(dataclasses.replace(old, actions=flow.actions))
-        else:
-            raise FakeTableError(f"{command} is not a flow command")
 
     # -- inspection ---------------------------------------------------------------------------
 
-    def flows(self) -> list[Flow]:
-        return [f for table in self._tables.values() for f in table.values()]
-
-    def groups(self) -> dict[int, Group]:
-        return dict(self._groups)
-
     def n_packets(self, flow: Flow | FlowKey) -> int:
         """Packets that hit ``flow`` (a copy through a group counts once per copy)."""
-        key = flow.key if isinstance(flow, Flow) else flow
-        return self._flow_packets[key]
+        table, priority, match = flow.key if isinstance(flow, Flow) else flow
+        if (priority, match) not in self.table(table):
+            raise KeyError(f"no flow {describe((table, priority, match))}")
+        return self._flow_packets.get((table, priority, match), 0)
 
     def group_n_packets(self, group_id: int) -> int:
-        return self._group_packets[group_id]
+        if self.group(group_id) is None:
+            raise KeyError(f"no group {group_id}")
+        return self._group_packets.get(group_id, 0)
 
     def reset_counters(self) -> None:
-        self._flow_packets = dict.fromkeys(self._flow_packets, 0)
-        self._group_packets = dict.fromkeys(self._group_packets, 0)
+        self._flow_packets.clear()
+        self._group_packets.clear()
 
     # -- packet processing --------------------------------------------------------------------
 
@@ -388,7 +321,7 @@ class FakeSwitch:
         return walk.trace
 
     def _lookup(self, table: str, state: _State) -> Flow | None:
-        hits = [f for f in self._tables[table].values() if _matches(f.match, state)]
+        hits = [f for f in self.table(table).values() if _matches(f.match, state)]
         best = [f for f in hits if f.priority == max(h.priority for h in hits)]
         if len(best) > 1:
             raise AmbiguousMatch(f"{table}: {len(best)} flows of priority {best[0].priority} "
@@ -412,7 +345,7 @@ class _Walk:
         if flow is None:
             self.trace.drops.append(f"miss in {name}")
             return state
-        self.sw._flow_packets[flow.key] += 1
+        self.sw._flow_packets[flow.key] = self.sw._flow_packets.get(flow.key, 0) + 1
         self.trace.flows.append(flow.key)
         return self.actions(flow.actions, state, name, depth)
 
@@ -443,8 +376,10 @@ class _Walk:
     def group(self, group_id: int, state: _State, table: str, depth: int) -> None:
         if depth > MAX_DEPTH:
             raise _TooDeep
-        group = self.sw._groups[group_id]
-        self.sw._group_packets[group_id] += 1
+        group = self.sw.group(group_id)
+        if group is None:  # only a bucket can still name a deleted group
+            raise FakeTableError(f"a bucket outputs to deleted group {group_id}")
+        self.sw._group_packets[group_id] = self.sw._group_packets.get(group_id, 0) + 1
         if not group.buckets:
             self.trace.drops.append(f"group {group_id} has no buckets")
         for bucket in group.buckets:

@@ -18,6 +18,7 @@ from pipeline.model import (
     ETH_TYPE_IP,
     IP_PROTO_IGMP,
     OFPP_CONTROLLER,
+    Action,
     Bucket,
     Controller,
     Ct,
@@ -86,7 +87,8 @@ def pipeline() -> Pipeline:
     return _PIPELINE
 
 
-def _flow(table: str, priority: int, match: Match, actions: tuple, cookie: int) -> Flow:
+def _flow(table: str, priority: int, match: Match, actions: tuple[Action, ...],
+          cookie: int) -> Flow:
     return _PIPELINE.check_flow(Flow(table, priority, match, actions, cookie))
 
 
@@ -156,7 +158,8 @@ def pod_flows(cfg: BridgeConfig, ofport: int) -> list[Flow]:
     ]
 
 
-def _output_flow(cfg: BridgeConfig, kind: OutKind, actions: tuple, cat: Feature) -> Flow:
+def _output_flow(cfg: BridgeConfig, kind: OutKind, actions: tuple[Action, ...],
+                 cat: Feature) -> Flow:
     return _flow(
         layout.OUTPUT,
         priorities.NORMAL,
@@ -166,7 +169,7 @@ def _output_flow(cfg: BridgeConfig, kind: OutKind, actions: tuple, cat: Feature)
     )
 
 
-def external_output_actions(cfg: BridgeConfig) -> tuple:
+def external_output_actions(cfg: BridgeConfig) -> tuple[Action, ...]:
     """How a pod's copy for external receivers leaves: SNATed to the node in encap mode."""
     assert cfg.uplink_port is not None
     if cfg.mode is Mode.ENCAP:

@@ -154,8 +154,9 @@ def render_match(match: Match, priority: int = DEFAULT_PRIORITY,
         if short is not None:
             type_done = True
             protos = {0x0800: _IP_PROTO_SHORT, 0x86DD: _IP6_PROTO_SHORT}.get(eth.value)
-            if protos is not None and proto is not None and proto.value in protos:
-                short, proto_done = protos[proto.value], True
+            ip_proto = proto.value if proto is not None else None
+            if protos is not None and isinstance(ip_proto, int) and ip_proto in protos:
+                short, proto_done = protos[ip_proto], True
             out.append(short)
     out += [f"reg{i}={_int_masked(f)}" for i in range(8) if (f := match.get(f"reg{i}"))]
     if f := match.get("tunnel_id"):

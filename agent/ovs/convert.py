@@ -29,6 +29,7 @@ from os_ken.ofproto import ofproto_v1_5 as ofp
 from os_ken.ofproto import ofproto_v1_5_parser as ofpp
 
 from agent.flowsync.switch import CookieDelete, PacketIn, SwitchOp, next_bucket_id
+from pipeline.groupsplit import MAX_BUNDLED_MESSAGE as MAX_BUNDLED_MESSAGE  # one limit, OF1.5
 from pipeline.model import (
     FIELD_KINDS,
     OFPP_CONTROLLER,
@@ -63,9 +64,6 @@ OF_VERSION = ofp.OFP_VERSION
 NXPIF_NXT_PACKET_IN2 = 2  # nx_packet_in_format: os-ken names only the two older formats
 NX_CT_RECIRC_NONE = 0xFF
 NX_NAT_F_SRC = 1
-MAX_MESSAGE = 0xFFFF
-BUNDLE_ADD_HEADER = 16  # ofp_header + bundle_id + pad + flags wrapped around each message
-MAX_BUNDLED_MESSAGE = MAX_MESSAGE - BUNDLE_ADD_HEADER
 
 _GROUP_TYPES = MappingProxyType({GroupType.ALL: ofp.OFPGT_ALL, GroupType.SELECT: ofp.OFPGT_SELECT,
                                  GroupType.INDIRECT: ofp.OFPGT_INDIRECT})

@@ -9,7 +9,7 @@ from mcast_samples import sample_state
 
 from pipeline import layout
 from pipeline import multicast as mc
-from pipeline.diff import DiffError, apply_ops, canonical, diff, flow_sort_key, index_flows
+from pipeline.diff import DiffError, apply_ops, canonical, diff, flow_sort_key
 from pipeline.model import (
     Bucket,
     Drop,
@@ -23,6 +23,7 @@ from pipeline.model import (
     SwitchState,
 )
 from pipeline.ops import Command, FlowOp, GroupOp, MeterOp, Op
+from pipeline.switchmodel import index_flows
 
 P = layout.multicast_pipeline()
 ROUTE = layout.ROUTING
@@ -71,7 +72,7 @@ def test_actions_change_is_modify_cookie_change_is_add() -> None:
 
 
 def test_modify_alone_would_keep_the_old_cookie() -> None:
-    # What the replay knows about OVS: an OpenFlow 1.3 modify keeps the cookie.
+    # What the replay knows about OVS: a modify keeps the cookie (OpenFlow 1.3 and 1.5 alike).
     have = SwitchState(flows=(_route("239.1.1.1", 1, cookie=1),), groups=(_group(1, 1),))
     new = _route("239.1.1.1", 1, cookie=2)
     after = apply_ops(have, [FlowOp(Command.MODIFY, new)])
@@ -173,7 +174,7 @@ def test_replay_errors_like_ovs() -> None:
         apply_ops(SwitchState(), [GroupOp(Command.MODIFY, g)])
     with pytest.raises(DiffError, match="UNKNOWN_METER"):
         apply_ops(SwitchState(), [MeterOp(Command.MODIFY, Meter(1, 1))])
-    # modify of a missing flow does nothing in OpenFlow 1.3
+    # modify of a missing flow does nothing (only OpenFlow 1.0 added it)
     assert apply_ops(SwitchState(groups=(g,)), [FlowOp(Command.MODIFY, _route("239.1.1.1", 1))]
                      ).flows == ()
 

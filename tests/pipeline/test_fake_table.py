@@ -301,7 +301,7 @@ def test_apply_ops_in_order() -> None:
     sw.apply([GroupOp(Command.DELETE, group)])  # takes the route flow with it
     assert route not in sw.flows()
     assert sw.process(from_pod(1, G1)).ports() == [UPLINK]
-    sw.apply([FlowOp(Command.MODIFY, route)])  # modify never adds in OpenFlow 1.3
+    sw.apply([FlowOp(Command.MODIFY, route)])  # modify never adds (only OpenFlow 1.0 did)
     assert route not in sw.flows()
 
 
