@@ -1,12 +1,15 @@
 """tools.bench: the quick benchmark runs end to end and reports every figure; its parsers work.
 
 The lab test runs ``python -m tools.bench --quick`` for real (private OVS, 1- and 3-node
-mclab labs under the benchmark's own prefix) and checks the results file's SHAPE: every
-section is there, without errors, with numbers where figures belong, and with the counts
-that prove the work happened (groups on the switch, datagrams delivered). Speed itself is
-never asserted here: the figures are the benchmark's output, not a test verdict.
+mclab labs, the anchors' OVS-snooping and Linux-bridge beds, all under the benchmark's own
+prefix) and checks the results file's SHAPE: every section is there, without errors, with
+numbers where figures belong, with the counts that prove the work happened (groups on the
+switch, datagrams delivered), every ratio to an anchor with both raw figures, and the plots
+written. Speed itself is never asserted here, nor whether a target is met: the figures are
+the benchmark's output, not a test verdict.
 
-The other tests feed the parsers (pcap/OpenFlow, tcpdump text, OVS stats) canned input.
+The other tests feed the parsers (pcap/OpenFlow, tcpdump text, OVS stats, snooping tables)
+canned input, and the ratios and plots a made-up results file.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from tools.bench import common, joinlat, throughput
+from tools.bench import baselines, common, joinlat, plots, ratios, throughput
 from tools.mclab import netns
 
 REPO = Path(__file__).resolve().parents[2]
@@ -48,11 +51,12 @@ def test_quick_bench_reports_every_section(tmp_path: Path) -> None:
                          cwd=REPO, capture_output=True, text=True, timeout=380)
     assert res.returncode == 0, f"stdout:\n{res.stdout}\nstderr:\n{res.stderr[-3000:]}"
     assert "[1] programming rate" in res.stdout and "[4] agent scale" in res.stdout
+    assert "[5] anchors" in res.stdout and "[ratios]" in res.stdout
     r = json.loads(out.read_text())
     tag = r["meta"]["run_tag"]
     assert not netns.list_netns(tag), "the benchmark left namespaces behind"
     assert not list(Path("/tmp").glob(f"{tag}-*")), "the benchmark left its lab dirs behind"
-    for key in ("programming", "join_latency", "throughput", "agent_scale"):
+    for key in ("programming", "join_latency", "throughput", "agent_scale", "baselines"):
         assert key in r and "error" not in r[key], r.get(key, {}).get("error")
 
     prog = r["programming"]
@@ -70,6 +74,11 @@ def test_quick_bench_reports_every_section(tmp_path: Path) -> None:
     assert size["on_switch_after_delete"] == prog["base_on_switch"]
     for k in ("apply_all_ms", "reconcile_all_ms"):
         _stats(size["per_change"], k)
+    anchor = size["ofctl_bundle"]  # the same ops, loaded by ovs-ofctl into the same switch
+    assert anchor["install"]["ops"] == size["install"]["ops"]
+    _num(anchor, "install", "ops_per_s")
+    assert anchor["on_switch_after_install"] == size["on_switch_after_install"]
+    assert anchor["on_switch_after_delete"] == prog["base_on_switch"]
 
     jl = r["join_latency"]
     assert jl["ok"] >= 1
@@ -98,6 +107,30 @@ def test_quick_bench_reports_every_section(tmp_path: Path) -> None:
         for k in ("agent_rss_kib", "converge_s", "api_members_ms", "agent_idle_cpu_pct"):
             _num(sc, stage, k)
     _num(sc, "leave_all", "seconds")
+    assert sc["join_leave_cycles"], "the quick run repeats one join/leave cycle"
+
+    bl = r["baselines"]
+    for bed in ("ovs_snooping", "linux_bridge"):
+        assert "error" not in bl[bed], bl[bed].get("error")
+        assert bl[bed]["join_latency"]["ok"] >= 1
+        for k in ("join_to_first_ms", "report_to_first_ms"):
+            _stats(bl[bed]["join_latency"], k)
+    snoop = bl["ovs_snooping"]["throughput"]["series"]
+    assert set(snoop) == set(single)
+    for points in snoop.values():
+        assert [p["target_pps"] for p in points] == r["throughput"]["single_node"]["rates_pps"]
+        for p in points:
+            assert _num(p, "delivered_total_pps") > 0
+
+    assert set(r["ratios"]) == set(ratios.KEYS)
+    for key, e in r["ratios"].items():
+        assert "missing" not in e, (key, e["missing"])
+        for k in ("value", "ratio", "ours", "anchor"):
+            _num(e, k)
+        assert isinstance(e["met"], bool) and e["target"] and e["unit"]
+    assert set(r["plots"]) == set(plots.NAMES)
+    for name in r["plots"].values():
+        assert (out.parent / name).stat().st_size > 1000, name
 
 
 # ------------------------------------------------------------------------------ parsers
@@ -170,3 +203,109 @@ def test_summary_uses_nearest_rank() -> None:
     s = common.summary(values)
     assert (s["n"], s["min"], s["p50"], s["p99"], s["max"]) == (100, 1.0, 50.5, 99.0, 100.0)
     assert common.summary([]) == {"n": 0}
+
+
+def test_snooping_tables_are_counted_per_group() -> None:
+    mdb = (" port  VLAN  GROUP                Age\n"
+           "    1     0  ff02::1:ffb9:cda0           0\n"
+           "    3     0  239.208.0.1           0\n"
+           "    2     0  239.208.0.1           0\n"
+           "LOCAL     0  239.208.0.10          1\n")
+    assert baselines.ovs_mdb_ports(mdb, "239.208.0.1") == 2
+    assert baselines.ovs_mdb_ports(mdb, "239.208.0.2") == 0
+    bridge = json.dumps([{"mdb": [
+        {"index": 2, "dev": "br0", "port": "lp2", "grp": "239.208.0.1", "state": "temp"},
+        {"index": 2, "dev": "br0", "port": "lp3", "grp": "239.208.0.1", "state": "temp"},
+        {"index": 2, "dev": "br0", "port": "br0", "grp": "ff02::6a", "state": "temp"}],
+        "router": {}}])
+    assert baselines.bridge_mdb_ports(bridge, "239.208.0.1") == 2
+    assert baselines.bridge_mdb_ports("", "239.208.0.1") == 0
+
+
+# ------------------------------------------------------------------------------ ratios, plots
+
+
+def _tp(rate: int, delivered: float, loss: float) -> dict[str, Any]:
+    return {"target_pps": rate, "delivered_total_pps": delivered, "loss_pct_max": loss}
+
+
+def _join(p50: float, report_p50: float, report_p99: float) -> dict[str, Any]:
+    samples = [{"join_to_first_ms": p50 + d, "report_to_first_ms": report_p50 + d / 10}
+               for d in (-1.0, 0.0, 1.0)]
+    return {"ok": 3, "reps": 3, "samples": samples, "join_to_first_ms": {"p50": p50},
+            "report_to_first_ms": {"p50": report_p50, "p99": report_p99}}
+
+
+def _results() -> dict[str, Any]:
+    def size(n: int, ours: float, ofctl: float) -> dict[str, Any]:
+        return {"groups": n, "install": {"ops_per_s": ours},
+                "ofctl_bundle": {"install": {"ops_per_s": ofctl}}}
+
+    split = {k: {"p50": 0.5} for k in joinlat.SPLIT_KEYS}
+    return {
+        "programming": {"buckets_per_group": 8,
+                        "sizes": [size(250, 6000.0, 12000.0), size(1000, 5000.0, 40000.0)]},
+        "join_latency": {**_join(15.0, 3.0, 6.0), "switch_split_ms": split},
+        "throughput": {"single_node": {"series": {
+            "8_receivers": [_tp(10_000, 80_000, 0.0), _tp(20_000, 150_000, 6.0),
+                            _tp(40_000, 140_000, 55.0)]}}},
+        "agent_scale": {"idle": {"agent_rss_kib": 80 * 1024},
+                        "groups_1": {"target": 500, "agent_rss_kib": 84 * 1024},
+                        "after_leave": {"agent_rss_kib": 90 * 1024},
+                        "join_leave_cycles": [{"groups": 500, "agent_rss_kib_joined": 95 * 1024,
+                                               "agent_rss_kib_left": 93 * 1024}]},
+        "baselines": {
+            "ovs_snooping": {"join_latency": _join(11.0, 0.5, 4.0), "throughput": {"series": {
+                "8_receivers": [_tp(10_000, 80_000, 0.0), _tp(20_000, 158_000, 0.4),
+                                _tp(40_000, 180_000, 40.0)]}}},
+            "linux_bridge": {"join_latency": _join(12.5, 0.15, 0.2)}},
+    }
+
+
+def test_ratios_take_each_figure_against_its_anchor() -> None:
+    got = ratios.compute(_results())
+    assert set(got) == set(ratios.KEYS)
+    prog = got["programming_vs_ofctl"]  # the largest size
+    assert (prog["ours"], prog["anchor"], prog["ratio"], prog["groups"]) == (5000, 40000,
+                                                                              0.125, 1000)
+    assert prog["met"] is False and prog["target"] == ">= 0.5"
+    assert got["report_to_first_p50_vs_ovs_snooping"]["value"] == 6.0
+    assert got["report_to_first_p99_vs_ovs_snooping"]["value"] == 1.5
+    assert got["report_to_first_p99_vs_ovs_snooping"]["met"] is True
+    assert got["join_to_first_p50_vs_linux_bridge"]["value"] == 1.2
+    assert got["join_to_first_p50_vs_linux_bridge"]["met"] is True  # <= 1.2
+    tp = got["throughput_1to8_vs_ovs_snooping"]  # snooping loses 0.4 % at 20k: compared there
+    assert (tp["at_offered_pps"], tp["ours"], tp["anchor"]) == (20_000, 150_000, 158_000)
+    rss = got["rss_growth_mb"]  # absolute: after the last cycle's leave - after the first's
+    assert (rss["value"], rss["ours"], rss["anchor"], rss["met"]) == (3.0, 93.0, 90.0, True)
+    lines = ratios.table_lines(got)
+    assert [line.split()[0] for line in lines[2:-1]] == list(ratios.KEYS)
+    assert lines[-1].strip() == "3 of 6 targets met"
+
+
+def test_onset_rate_is_the_highest_rate_when_snooping_never_loses() -> None:
+    assert ratios.onset_rate([_tp(20_000, 1, 0.0), _tp(10_000, 1, 0.05)]) == 20_000
+    assert ratios.onset_rate([_tp(40_000, 1, 9.0), _tp(20_000, 1, 0.2)]) == 20_000
+
+
+def test_a_missing_section_leaves_its_ratio_empty_and_says_why() -> None:
+    r = _results()
+    r["baselines"]["linux_bridge"] = {"error": "BenchError: boom"}
+    del r["agent_scale"]["join_leave_cycles"]
+    got = ratios.compute(r)
+    assert got["join_to_first_p50_vs_linux_bridge"]["value"] is None
+    assert "boom" in got["join_to_first_p50_vs_linux_bridge"]["missing"]
+    assert got["rss_growth_mb"]["met"] is None and "join_leave_cycles" in \
+        got["rss_growth_mb"]["missing"]
+    assert got["programming_vs_ofctl"]["value"] == 0.125
+    assert "n/a" in "\n".join(ratios.table_lines(got))
+
+
+@pytest.mark.parametrize("complete", [True, False])
+def test_plots_are_written_with_or_without_data(tmp_path: Path, complete: bool) -> None:
+    r = _results() if complete else {"meta": {}}
+    r["ratios"] = ratios.compute(r)
+    written = plots.write_all(r, tmp_path / "latest.json")
+    assert set(written) == set(plots.NAMES)
+    for name in written.values():
+        assert name.startswith("latest-") and (tmp_path / name).stat().st_size > 1000

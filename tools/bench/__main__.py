@@ -1,17 +1,22 @@
 """``python -m tools.bench [--quick] [--out FILE]``: measure the real parts, write JSON, summarise.
 
 Sections, in the order they run:
-1. ``programming``: builders -> diff -> OpenFlowSwitch.apply into a private ovs-vswitchd;
+1. ``programming``: builders -> diff -> OpenFlowSwitch.apply into a private ovs-vswitchd, then
+   the same ops with ``ovs-ofctl bundle`` into the same switch (the anchor);
 2. ``join_latency``: join() -> first datagram through the whole product (1-node lab);
 3. ``throughput``: 1 sender -> 4/8 receivers on one node, then 1 local + 2 remote receivers
    in a 3-node lab (encap);
-4. ``agent_scale``: agent RSS, idle CPU and API listing time as one pod joins many groups.
+4. ``agent_scale``: agent RSS, idle CPU and API listing time as one pod joins many groups;
+5. ``baselines``: the same join latency and single-node delivery measured on OVS's own IGMP
+   snooping and on a Linux bridge with snooping (``baselines.py``).
 
-Sections 2, 3 (single node) and 4 share one ``mclab up --nodes 1`` lab; the cross-node part
-brings up a 3-node lab after it is gone. Every lab and netns uses a prefix of this run's own
-(``kbx<hex>``), and is torn down whatever happens (also on Ctrl-C / SIGTERM). A section that
-fails is recorded as ``{"error": ...}`` and the run goes on; the exit status is then 1.
-``--quick`` uses smaller sizes and shorter points (< 2 minutes in all); the figures are the
+Sections 2, 3 (single node) and 4 share one ``mclab up --nodes 1`` lab; the anchors' beds come
+up after it is gone, and the cross-node part brings up a 3-node lab last. Every lab, bed and
+netns uses a prefix of this run's own (``kbx<hex>``), and is torn down whatever happens (also
+on Ctrl-C / SIGTERM). A section that fails is recorded as ``{"error": ...}`` and the run goes
+on; the exit status is then 1. At the end ``ratios`` (ours / anchor per figure of issue 12,
+``ratios.py``) is added to the results and the plots (``plots.py``) are written beside them.
+``--quick`` uses smaller sizes and shorter points (< 4 minutes in all); the figures are the
 same kind, only noisier.
 """
 
@@ -32,13 +37,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from tools.bench import joinlat, programming, report, scale, throughput
+from tools.bench import baselines, joinlat, plots, programming, ratios, report, scale, throughput
 from tools.bench.lab import BenchLab
 
 log = logging.getLogger("tools.bench")
 
 DEFAULT_OUT = Path(__file__).with_name("results") / "latest.json"
-SECTIONS = ("programming", "join_latency", "throughput", "agent_scale")
+SECTIONS = ("programming", "join_latency", "throughput", "agent_scale", "baselines")
 
 
 @dataclass(frozen=True)
@@ -61,9 +66,9 @@ class Plan:
     cross_rates: tuple[int, ...] = (10_000, 20_000)
 
 
-QUICK = Plan(prog_sizes=(1000,), prog_changes=20, join_reps=10, tp_duration_s=1.0, tp_reps=1,
-             scale_groups=500, scale_entries=2000, scale_idle_s=1.5, scale_timeout_s=60,
-             scale_cycles=0, tp_control=False)
+QUICK = Plan(prog_sizes=(250, 1000), prog_changes=20, join_reps=10, tp_duration_s=1.0,
+             tp_reps=1, scale_groups=500, scale_entries=2000, scale_idle_s=1.5,
+             scale_timeout_s=60, scale_cycles=1, tp_control=False)
 FULL = Plan(prog_sizes=(1000, 10_000), prog_changes=100, join_reps=30, tp_duration_s=3.0,
             tp_reps=3, scale_groups=1000, scale_entries=10_000, scale_idle_s=5.0,
             scale_timeout_s=300, scale_cycles=2, tp_control=True)
@@ -114,6 +119,10 @@ def _lab_sections(run: Run, results: dict[str, Any], wanted: set[str]) -> None:
                 _guarded(run, results, "agent_scale", lambda: scale.run(
                     lab, plan.scale_groups, plan.scale_entries, plan.scale_idle_s,
                     plan.scale_timeout_s, plan.scale_cycles))
+    if "baselines" in wanted:
+        _guarded(run, results, "baselines", lambda: baselines.run(
+            run.tag, plan.join_reps, plan.tp_counts, plan.tp_rates, plan.tp_duration_s,
+            plan.tp_reps))
     if "throughput" in wanted:
         def cross() -> dict[str, Any]:
             with BenchLab(run.tag, 3) as lab3:
@@ -141,6 +150,7 @@ def run_all(plan: Plan, mode: str, wanted: set[str], settle_s: float = 0.0) -> d
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
     _lab_sections(run, results, wanted)
+    results["ratios"] = ratios.compute(results)
     results["meta"]["duration_s"] = round(time.time() - started, 1)
     results["meta"]["host_after"] = report.load_now(run.marker)
     return results
@@ -151,7 +161,22 @@ def _errors(results: dict[str, Any]) -> list[str]:
     cross = results.get("throughput", {}).get("cross_node", {})
     if isinstance(cross, dict) and "error" in cross:
         found.append("throughput.cross_node")
+    for bed, block in (results.get("baselines") or {}).items():
+        if isinstance(block, dict) and "error" in block:
+            found.append(f"baselines.{bed}")
+    if "error" in results.get("plots", {}):
+        found.append("plots")
     return found
+
+
+def _plots(results: dict[str, Any], out: Path) -> None:
+    """The PNGs beside ``out``; a failure is recorded (and makes the exit status 1)."""
+    try:
+        results["plots"] = plots.write_all(results, out)
+    except Exception as exc:  # noqa: BLE001 - the figures are in the JSON all the same
+        log.error("plots failed: %s", exc)
+        results["plots"] = {"error": f"{type(exc).__name__}: {exc}",
+                            "traceback": traceback.format_exc()}
 
 
 _MAIN_PID = os.getpid()
@@ -167,7 +192,7 @@ def _on_sigterm(signum: int, _frame: object) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m tools.bench", description=__doc__.split("\n")[0])
-    p.add_argument("--quick", action="store_true", help="smaller sizes, < 2 minutes")
+    p.add_argument("--quick", action="store_true", help="smaller sizes, < 4 minutes")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"default {DEFAULT_OUT}")
     p.add_argument("--sections", default=",".join(SECTIONS),
                    help=f"comma-separated subset of {','.join(SECTIONS)}")
@@ -187,11 +212,14 @@ def main(argv: list[str] | None = None) -> int:
     results = run_all(QUICK if args.quick else FULL, "quick" if args.quick else "full", wanted,
                       args.settle)
     args.out.parent.mkdir(parents=True, exist_ok=True)
+    _plots(results, args.out)
     tmp = args.out.with_suffix(".tmp")
     tmp.write_text(json.dumps(results, indent=1) + "\n")
     tmp.replace(args.out)
     print("\n".join(report.summary_lines(results)))
-    print(f"results: {args.out}")
+    made = results["plots"]
+    print(f"results: {args.out}; "
+          + ("plots FAILED" if "error" in made else f"plots: {', '.join(made.values())}"))
     errors = _errors(results)
     if errors:
         print(f"sections with errors: {', '.join(errors)}", file=sys.stderr)

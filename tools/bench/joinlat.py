@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from tools.bench.common import BenchError, CpuMeter, summary
-from tools.bench.lab import BenchLab, Pod, result, stop
+from tools.bench.lab import BenchLab, Pod, PodProcs, result, stop
 from tools.mclab import netns
 
 log = logging.getLogger(__name__)
@@ -231,7 +231,7 @@ def parse_tcpdump(text: str, group: str) -> tuple[float | None, float | None, st
     return report, data, kind
 
 
-def one_rep(lab: BenchLab, sender: Pod, receiver: Pod, group: str,
+def one_rep(lab: PodProcs, sender: Pod, receiver: Pod, group: str,
             lead_s: float = 0.25) -> dict[str, Any]:
     """One sample: stream to ``group``, let ``receiver`` join, time the first datagram."""
     dump = lab.tcpdump(receiver, f"igmp or (udp and dst host {group})", count=40, verbose=True)
@@ -257,37 +257,52 @@ def one_rep(lab: BenchLab, sender: Pod, receiver: Pod, group: str,
     return rep
 
 
+def collect(host: PodProcs, sender: Pod, receiver: Pod, reps: int,
+            prefix: str) -> tuple[list[dict[str, Any]], list[str]]:
+    """``reps`` samples, group ``<prefix>.x.y`` each: (samples, failures). Shared by our node
+    and the anchors' beds: the same sender rate, lead time, pods' kernels and tcpdump."""
+    samples: list[dict[str, Any]] = []
+    failures: list[str] = []
+    for i in range(reps):
+        group = f"{prefix}.{i // 250}.{i % 250 + 1}"
+        try:
+            samples.append(one_rep(host, sender, receiver, group))
+        except BenchError as exc:
+            failures.append(str(exc))
+            log.warning("join latency rep %d (%s): %s", i, group, exc)
+        time.sleep(0.05)
+    return samples, failures
+
+
+def pick(samples: list[dict[str, Any]], key: str) -> list[float]:
+    return [s[key] for s in samples if s.get(key) is not None]
+
+
+def figures(samples: list[dict[str, Any]], reps: int, failures: list[str]) -> dict[str, Any]:
+    """The section's summaries of ``samples`` (the samples themselves go along: the plots
+    draw their distributions)."""
+    return {
+        "reps": reps, "ok": len(samples), "failures": failures, "sender_pps": PPS,
+        "join_to_first_ms": summary(pick(samples, "join_to_first_ms")),
+        "join_to_report_ms": summary(pick(samples, "join_to_report_ms")),
+        "report_to_first_ms": summary(pick(samples, "report_to_first_ms")),
+        "wire_to_app_ms": summary(pick(samples, "wire_to_app_ms")),
+        "report_kinds": sorted({str(s["report"]) for s in samples}),
+        "samples": samples,
+    }
+
+
 def run(lab: BenchLab, reps: int) -> dict[str, Any]:
     sender, receiver = lab.pod("jl-tx"), lab.pod("jl-rx")
     agent = CpuMeter(lab.agent_pid())
-    samples: list[dict[str, Any]] = []
-    failures: list[str] = []
     with OfCapture(lab.node_netns(), lab.dir / "bench-of.pcap") as cap:
-        for i in range(reps):
-            group = f"{GROUP_PREFIX}.{i // 250}.{i % 250 + 1}"
-            try:
-                samples.append(one_rep(lab, sender, receiver, group))
-            except BenchError as exc:
-                failures.append(str(exc))
-                log.warning("join latency rep %d: %s", i, exc)
-            time.sleep(0.05)
+        samples, failures = collect(lab, sender, receiver, reps, GROUP_PREFIX)
     events = cap.events()
     for s in samples:
         if s["t_report"] is not None and s["t_wire"] is not None:
             s.update(split_after(events, s["t_report"], s["t_wire"]) or {})
-
-    def pick(key: str) -> list[float]:
-        return [s[key] for s in samples if s.get(key) is not None]
-
-    return {
-        "reps": reps, "ok": len(samples), "failures": failures, "sender_pps": PPS,
-        "join_to_first_ms": summary(pick("join_to_first_ms")),
-        "join_to_report_ms": summary(pick("join_to_report_ms")),
-        "report_to_first_ms": summary(pick("report_to_first_ms")),
-        "wire_to_app_ms": summary(pick("wire_to_app_ms")),
-        "switch_split_ms": {k: summary(pick(k)) for k in SPLIT_KEYS},
-        "report_kinds": sorted({str(s["report"]) for s in samples}),
-        "agent_cpu_s": agent.seconds(),
-        "baseline_notes_c1": BASELINE,
-        "samples": samples,
-    }
+    out = figures(samples, reps, failures)
+    out["switch_split_ms"] = {k: summary(pick(samples, k)) for k in SPLIT_KEYS}
+    out["agent_cpu_s"] = agent.seconds()
+    out["baseline_notes_c1"] = BASELINE
+    return out

@@ -2,8 +2,9 @@
 
 This module owns one lab's lifecycle under a namespace prefix and lab directory of its own
 (``MCLAB_PREFIX``/``MCLAB_DIR``, never the default ``mclab-``), the processes the benchmark
-starts inside its pods (``podtool.py`` and tcpdump; each is tracked by its Popen and only those
-are ever stopped), and reads of the agent: its pid from the lab state, its local API.
+starts inside pods (``PodProcs``: ``podtool.py`` and tcpdump; each is tracked by its Popen and
+only those are ever stopped; the anchors' beds in ``baselines.py`` share it), and reads of the
+agent: its pid from the lab state, its local API.
 """
 
 from __future__ import annotations
@@ -42,17 +43,63 @@ class Pod:
     netns: str
 
 
-class BenchLab:
+class PodProcs:
+    """The processes the benchmark starts inside pods: tracked, and only those are stopped.
+
+    Whatever hosts pods (our lab, an anchor's bed) derives from this; ``dir`` is where the
+    host keeps its scratch files (ready markers, captures)."""
+
+    dir: Path
+
+    def __init__(self) -> None:
+        self._procs: list[subprocess.Popen[str]] = []
+
+    def popen(self, pod: Pod, argv: list[str], **kwargs: Any) -> subprocess.Popen[str]:
+        """Start ``argv`` inside ``pod``'s netns; tracked, and stopped by ``stop_all``."""
+        kwargs.setdefault("stdout", subprocess.PIPE)
+        kwargs.setdefault("stderr", subprocess.PIPE)
+        proc = netns.popen(pod.netns, argv, stdin=subprocess.DEVNULL, **kwargs)
+        self._procs.append(proc)
+        return proc
+
+    def podtool(self, pod: Pod, *args: str) -> subprocess.Popen[str]:
+        return self.popen(pod, [PYTHON, PODTOOL, *args])
+
+    def podtool_run(self, pod: Pod, *args: str, timeout: float = 60.0) -> dict[str, Any]:
+        return result(self.podtool(pod, *args), timeout)
+
+    def tcpdump(self, pod: Pod, bpf: str, count: int,
+                verbose: bool = False) -> subprocess.Popen[str]:
+        """tcpdump on the pod's eth0 (wall-clock ``-tt`` stamps), returned once it listens."""
+        proc = self.popen(pod, ["tcpdump", "-i", "eth0", "-n", "-tt", "--immediate-mode", "-l",
+                                *(["-v"] if verbose else []), "-c", str(count), bpf])
+        assert proc.stderr is not None
+        deadline = time.monotonic() + 10
+        for line in proc.stderr:
+            if "listening on" in line:
+                return proc
+            if time.monotonic() > deadline:
+                break
+        stop(proc)
+        raise BenchError(f"tcpdump in {pod.name} did not start: {proc.stderr.read()}")
+
+    def stop_all(self) -> None:
+        for proc in self._procs:
+            stop(proc)
+        self._procs.clear()
+
+
+class BenchLab(PodProcs):
     """``with BenchLab(tag, nodes) as lab:`` brings a lab up and always takes it down."""
 
     def __init__(self, tag: str, nodes: int) -> None:
+        super().__init__()
         self.nodes = nodes
         self.prefix = f"kbx{tag}n{nodes}-"
         self.dir = Path(f"/tmp/kbx{tag}-lab{nodes}")
         self.env = {**os.environ, "MCLAB_PREFIX": self.prefix, "MCLAB_DIR": str(self.dir)}
         self.pods: dict[str, Pod] = {}
         self.up_s = 0.0
-        self._procs: list[subprocess.Popen[str]] = []
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -144,40 +191,6 @@ class BenchLab:
             ip = self.mclab("pod", "create", name, "--node", node).strip().splitlines()[-1]
             self.pods[name] = Pod(name, node, ip, f"{self.prefix}pod-default-{name}")
         return self.pods[name]
-
-    def popen(self, pod: Pod, argv: list[str], **kwargs: Any) -> subprocess.Popen[str]:
-        """Start ``argv`` inside ``pod``'s netns; tracked, and stopped by ``stop_all``."""
-        kwargs.setdefault("stdout", subprocess.PIPE)
-        kwargs.setdefault("stderr", subprocess.PIPE)
-        proc = netns.popen(pod.netns, argv, stdin=subprocess.DEVNULL, **kwargs)
-        self._procs.append(proc)
-        return proc
-
-    def podtool(self, pod: Pod, *args: str) -> subprocess.Popen[str]:
-        return self.popen(pod, [PYTHON, PODTOOL, *args])
-
-    def podtool_run(self, pod: Pod, *args: str, timeout: float = 60.0) -> dict[str, Any]:
-        return result(self.podtool(pod, *args), timeout)
-
-    def tcpdump(self, pod: Pod, bpf: str, count: int,
-                verbose: bool = False) -> subprocess.Popen[str]:
-        """tcpdump on the pod's eth0 (wall-clock ``-tt`` stamps), returned once it listens."""
-        proc = self.popen(pod, ["tcpdump", "-i", "eth0", "-n", "-tt", "--immediate-mode", "-l",
-                                *(["-v"] if verbose else []), "-c", str(count), bpf])
-        assert proc.stderr is not None
-        deadline = time.monotonic() + 10
-        for line in proc.stderr:
-            if "listening on" in line:
-                return proc
-            if time.monotonic() > deadline:
-                break
-        stop(proc)
-        raise BenchError(f"tcpdump in {pod.name} did not start: {proc.stderr.read()}")
-
-    def stop_all(self) -> None:
-        for proc in self._procs:
-            stop(proc)
-        self._procs.clear()
 
     # -- agent reads ------------------------------------------------------------------------
 

@@ -7,14 +7,17 @@ ovs-vswitchd (``tools.mclab.ovsnode.OvsNode``, userspace datapath) in a netns of
 controller socket is created inside that netns, as the agent's is.
 
 Measured for each size N (multicast groups, each = one route flow + one type-ALL group with
-3 local, 2 remote and 1 external bucket), on top of a base pipeline with 8 pod ports:
+5 local, 2 remote and 1 external bucket: 8 buckets), on top of a base pipeline with 8 pod ports:
 - pure costs: builders and diff per group (µs), no switch involved;
 - one reconcile installing N groups (one bundle): wall time, groups/s, flows/s, and where the
   time goes (op encoding by os-ken, op descriptions, the rest = socket + OVS + commit);
 - one reconcile modifying all N groups, and one deleting them;
 - per-change latency with N installed: a single group add or modify as one small bundle
   straight to ``apply``, and the same change through ``Reconciler.flush`` (what the agent does
-  on every IGMP event: it re-diffs the whole desired state).
+  on every IGMP event: it re-diffs the whole desired state);
+- the anchor, on the same switch right after: the very ops our install and delete sent,
+  rendered by ``pipeline.render.render_bundle`` and loaded with ``ovs-ofctl bundle`` (one
+  OpenFlow 1.5 bundle, ovs-ofctl's own C parser and encoder; process start included).
 """
 
 from __future__ import annotations
@@ -39,7 +42,9 @@ from pipeline import multicast as mc
 from pipeline.cookies import Feature
 from pipeline.diff import canonical, diff
 from pipeline.model import SwitchState
-from tools.bench.common import CpuMeter, Stopwatch, rate, summary
+from pipeline.ops import FlowOp, GroupOp
+from pipeline.render import render_bundle
+from tools.bench.common import BenchError, CpuMeter, Stopwatch, rate, summary
 from tools.mclab.netns import listen_in
 from tools.mclab.ovsnode import OvsNode
 
@@ -59,8 +64,8 @@ def group_ip(i: int) -> str:
 
 
 def local_ports(i: int, variant: int = 0) -> list[int]:
-    """Three member ports of group ``i`` (``variant`` shifts them: a bucket-list change)."""
-    return sorted({(i + k + variant) % len(POD_PORTS) + 1 for k in (0, 3, 5)})
+    """Five member ports of group ``i`` (``variant`` shifts them: a bucket-list change)."""
+    return sorted({(i + k + variant) % len(POD_PORTS) + 1 for k in (0, 1, 3, 5, 6)})
 
 
 def group_state(i: int, variant: int = 0) -> SwitchState:
@@ -150,8 +155,9 @@ def pure_costs(n: int) -> dict[str, float]:
 
 
 def _bulk(rec: Reconciler, timed: TimedSwitch, vswitchd: int, n: int,
-          what: str) -> dict[str, Any]:
-    """Flush whatever was set, as one reconcile; split its time."""
+          what: str) -> tuple[dict[str, Any], list[Any]]:
+    """Flush whatever was set, as one reconcile; split its time. Returns the figures and the
+    ops the reconcile sent."""
     timed.applies.clear()
     ovs_cpu = CpuMeter(vswitchd)
     with encode_clock() as enc, Stopwatch() as total:
@@ -161,6 +167,7 @@ def _bulk(rec: Reconciler, timed: TimedSwitch, vswitchd: int, n: int,
     groups = len(ops) - flows
     return {
         "what": what, "groups": n, "ops": len(ops), "flow_ops": flows, "group_ops": groups,
+        "ops_per_s": rate(len(ops), total.s),
         "bundles": len(timed.applies),
         "total_s": round(total.s, 4), "apply_s": round(apply_s, 4),
         "diff_s": round(total.s - apply_s, 4),
@@ -171,7 +178,7 @@ def _bulk(rec: Reconciler, timed: TimedSwitch, vswitchd: int, n: int,
         "vswitchd_cpu_s": ovs_cpu.seconds(),
         "groups_per_s": rate(n, total.s), "flows_per_s": rate(flows, total.s),
         "apply_groups_per_s": rate(n, apply_s), "apply_flows_per_s": rate(flows, apply_s),
-    }
+    }, list(ops)
 
 
 def _changes(rec: Reconciler, sw: OpenFlowSwitch, n: int, count: int) -> dict[str, Any]:
@@ -209,23 +216,48 @@ def _changes(rec: Reconciler, sw: OpenFlowSwitch, n: int, count: int) -> dict[st
 
 
 def _one_size(rec: Reconciler, timed: TimedSwitch, node: OvsNode, vswitchd: int, n: int,
-              changes: int) -> dict[str, Any]:
+              changes: int, workdir: Path) -> dict[str, Any]:
     out: dict[str, Any] = {"groups": n}
     with Stopwatch() as build:
         states = [(group_ip(i), group_state(i)) for i in range(n)]
     for key, st in states:
         rec.set(Feature.GROUP, key, st)
-    out["install"] = _bulk(rec, timed, vswitchd, n, "add")
+    out["install"], installed = _bulk(rec, timed, vswitchd, n, "add")
     out["install"]["build_s"] = round(build.s, 4)
     out["on_switch_after_install"] = ovs_counts(node)
     out["per_change"] = _changes(rec, timed.sw, n, changes)
     for i in range(n):
         rec.set(Feature.GROUP, group_ip(i), group_state(i, variant=changes + 7))
-    out["modify_all"] = _bulk(rec, timed, vswitchd, n, "modify")
+    out["modify_all"], _ = _bulk(rec, timed, vswitchd, n, "modify")
     for feature, key in rec.keys(Feature.GROUP):
         rec.remove(feature, key)
-    out["delete_all"] = _bulk(rec, timed, vswitchd, n, "delete")
+    out["delete_all"], deleted = _bulk(rec, timed, vswitchd, n, "delete")
     out["on_switch_after_delete"] = ovs_counts(node)
+    out["ofctl_bundle"] = ofctl_load(node, vswitchd, n, installed, deleted, workdir)
+    return out
+
+
+def ofctl_load(node: OvsNode, vswitchd: int, n: int, install: Sequence[Any],
+               delete: Sequence[Any], workdir: Path) -> dict[str, Any]:
+    """The anchor for size ``n``: our install and delete ops as ``ovs-ofctl bundle`` files,
+    each loaded in one bundle into the same switch (left as our delete left it)."""
+    out: dict[str, Any] = {"groups": n, "tool": "ovs-ofctl -O OpenFlow15 bundle br-int FILE"}
+    for what, ops in (("install", install), ("delete", delete)):
+        if not all(isinstance(op, FlowOp | GroupOp) for op in ops):
+            raise BenchError(f"{what} of {n}: ops other than flow/group mods cannot be bundled")
+        path = workdir / f"ofctl-{what}-{n}.txt"
+        with Stopwatch() as render:
+            path.write_text(render_bundle(ops, PIPE))
+        cpu = CpuMeter(vswitchd)
+        with Stopwatch() as load:
+            node.ofctl("-O", "OpenFlow15", "bundle", "br-int", str(path))  # the later -O wins
+        flows = sum(1 for op in ops if isinstance(op, FlowOp))
+        out[what] = {"ops": len(ops), "flow_ops": flows, "group_ops": len(ops) - flows,
+                     "render_s": round(render.s, 4), "total_s": round(load.s, 4),
+                     "ops_per_s": rate(len(ops), load.s), "groups_per_s": rate(n, load.s),
+                     "vswitchd_cpu_s": cpu.seconds()}
+        out[f"on_switch_after_{what}"] = ovs_counts(node)
+        path.unlink()
     return out
 
 
@@ -251,13 +283,15 @@ def run(sizes: Sequence[int], changes: int, netns_name: str, workdir: Path) -> d
                 rec.set(feature, key, st)
             rec.flush()
             base = ovs_counts(node)
-            results = [_one_size(rec, timed, node, vswitchd, n, changes) for n in sizes]
+            results = [_one_size(rec, timed, node, vswitchd, n, changes, workdir)
+                       for n in sizes]
         finally:
             sw.stop()
         if fatal:
             raise fatal[0]
         return {"switch": "ovs-vswitchd (netdev) in a private netns, OpenFlow 1.5 bundles",
-                "buckets_per_group": 6, "base_on_switch": base,
+                "buckets_per_group": len(group_state(0).groups[0].buckets),
+                "base_on_switch": base,
                 "pure": [pure_costs(n) for n in sizes], "sizes": results}
     finally:
         node.stop()

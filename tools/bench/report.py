@@ -2,7 +2,8 @@
 
 This module owns the ``meta`` block of the results (code version, host, software versions and
 how busy the shared machine was: other developers' labs run on the same 2 vCPUs, and the
-traffic figures move with that load) and the one-screen summary of every section.
+traffic figures move with that load) and the one-screen summary of every section, ending with
+the table of ratios to the anchors (``ratios.table_lines``).
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ import time
 from importlib import metadata
 from pathlib import Path
 from typing import Any
+
+from tools.bench import ratios
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -121,6 +124,12 @@ def _programming(sec: dict[str, Any]) -> list[str]:
         pc = s["per_change"]
         lines.append(f"      one change @{s['groups']}: apply {_pct(pc['apply_all_ms'])} ms; "
                      f"via Reconciler.flush {_pct(pc['reconcile_all_ms'])} ms")
+        of = s.get("ofctl_bundle", {})
+        if "install" in of:
+            lines.append(
+                f"      anchor ovs-ofctl bundle, same ops: install {of['install']['total_s']} s "
+                f"= {of['install']['ops_per_s']} ops/s (ours {i['ops_per_s']} ops/s), delete "
+                f"{of['delete']['total_s']} s")
     return lines
 
 
@@ -186,6 +195,27 @@ def _scale(sec: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _anchor_join(name: str, jl: dict[str, Any]) -> str:
+    return (f"    {name}: join -> first p50 {_g(jl, 'join_to_first_ms', 'p50')} / p99 "
+            f"{_g(jl, 'join_to_first_ms', 'p99')} ms; report -> first p50 "
+            f"{_g(jl, 'report_to_first_ms', 'p50')} / p99 {_g(jl, 'report_to_first_ms', 'p99')}"
+            f" ms ({jl.get('ok')}/{jl.get('reps')} reps)")
+
+
+def _baselines(sec: dict[str, Any]) -> list[str]:
+    lines = ["[5] anchors in this run (same pods, sender rate and tcpdump split as ours)"]
+    for key, name in (("ovs_snooping", "OVS snooping"), ("linux_bridge", "Linux bridge")):
+        bed = sec.get(key, {})
+        if "error" in bed:
+            lines.append(f"    {name}: ERROR {bed['error']}")
+            continue
+        lines.append(_anchor_join(name, bed.get("join_latency", {})))
+        for count, points in _g(bed, "throughput", "series", default={}).items():
+            lines.append(f"    {name}, {count.replace('_', ' ')}: "
+                         + " | ".join(_tp_point(p) for p in points))
+    return lines
+
+
 def summary_lines(results: dict[str, Any]) -> list[str]:
     meta = results.get("meta", {})
     host = _g(meta, "environment", "host", default={})
@@ -195,7 +225,8 @@ def summary_lines(results: dict[str, Any]) -> list[str]:
              f"{host.get('busy_pct_1s')}% before start, {host.get('other_ovs_vswitchd')} "
              "other ovs-vswitchd running"]
     for key, fmt in (("programming", _programming), ("join_latency", _join),
-                     ("throughput", _throughput), ("agent_scale", _scale)):
+                     ("throughput", _throughput), ("agent_scale", _scale),
+                     ("baselines", _baselines)):
         sec = results.get(key)
         if sec is None:
             continue
@@ -206,4 +237,6 @@ def summary_lines(results: dict[str, Any]) -> list[str]:
             lines.extend(fmt(sec))
         except (KeyError, TypeError, ValueError) as exc:
             lines.append(f"[{key}] (summary incomplete: {exc!r}; see the JSON)")
+    if "ratios" in results:
+        lines.extend(ratios.table_lines(results["ratios"]))
     return lines
