@@ -4,12 +4,7 @@ This module owns what the rest of the agent sees of the switch without importing
 ``Switch`` protocol the OpenFlow adaptor (``agent.ovs.switch``) implements and the fake table
 stands in for in tests, packet-ins, flow counters, the switch-level CookieDelete op, the two
 ways a request fails (``OpenFlowError``, ``SwitchDisconnected``), readable op descriptions for
-errors and logs, and the size limits of groups.
-
-Bucket ids: OpenFlow 1.5 buckets carry ids, and INSERT_BUCKETS needs fresh ones. ADD/MODIFY
-number a group's buckets 0..n-1; each INSERT_BUCKETS continues after the last id. The adaptor
-keeps ``group id -> next bucket id`` (updated only when a bundle commits, and refreshed from
-the group counters on every dump).
+errors and logs.
 """
 
 from __future__ import annotations
@@ -20,15 +15,9 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol
 
 from pipeline.model import Action, Flow, SwitchState
-from pipeline.ops import Command, FlowOp, GroupOp, MeterOp, Op
+from pipeline.ops import FlowOp, GroupOp, MeterOp, Op
 from pipeline.render import render_flow
 from pipeline.tables import Pipeline
-
-DESC_SAFE_BUCKETS = 400
-"""Groups up to this size are read back bucket by bucket (their description fits 64 KiB)."""
-MAX_GROUP_BUCKETS = 4000
-"""OVS reports a group's counters in one entry of 40 + 16 bytes per bucket, which must fit in
-64 KiB; a bigger group could not even be counted without breaking the channel's framing."""
 
 
 @dataclass(frozen=True)
@@ -95,28 +84,6 @@ class Switch(Protocol):
     def packet_out(self, data: bytes, actions: Sequence[Action],
                    in_port: int | None = None) -> None:
         """Send a frame with ``actions``; ``Output(OFPP_TABLE)`` runs it through the tables."""
-
-
-class BucketIdError(ValueError):
-    """An INSERT_BUCKETS for a group whose bucket ids are unknown or would overflow."""
-
-
-def next_bucket_id(op: GroupOp, buckets: dict[int, int]) -> int:
-    """First bucket id for ``op``; updates ``buckets`` (group id -> next id) as if applied."""
-    gid, n = op.group.group_id, len(op.group.buckets)
-    if op.command is Command.DELETE:
-        buckets.pop(gid, None)
-        return 0
-    first = 0
-    if op.command is Command.INSERT_BUCKETS:
-        if gid not in buckets:
-            raise BucketIdError(f"group {gid:#x} is not known to exist (ADD it first)")
-        first = buckets[gid]
-    if first + n > MAX_GROUP_BUCKETS:
-        raise BucketIdError(f"group {gid:#x} would have {first + n} buckets "
-                            f"(at most {MAX_GROUP_BUCKETS})")
-    buckets[gid] = first + n
-    return first
 
 
 def _match_text(flow: Flow) -> str:

@@ -28,7 +28,8 @@ from os_ken.ofproto import nicira_ext
 from os_ken.ofproto import ofproto_v1_5 as ofp
 from os_ken.ofproto import ofproto_v1_5_parser as ofpp
 
-from agent.flowsync.switch import CookieDelete, PacketIn, SwitchOp, next_bucket_id
+from agent.flowsync.switch import CookieDelete, PacketIn, SwitchOp
+from agent.ovs.buckets import next_bucket_id
 from pipeline.groupsplit import MAX_BUNDLED_MESSAGE as MAX_BUNDLED_MESSAGE  # one limit, OF1.5
 from pipeline.model import (
     FIELD_KINDS,

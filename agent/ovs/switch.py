@@ -39,6 +39,7 @@ from agent.flowsync.switch import (
     SwitchOp,
 )
 from agent.ovs import convert as ofconvert
+from agent.ovs.buckets import DESC_SAFE_BUCKETS
 from agent.ovs.channel import Channel, Waiter, exit_process
 from agent.ovs.convert import OF_VERSION, Converter, ConvertError, error_message_text
 from pipeline.cookies import feature_of
@@ -76,7 +77,7 @@ class OpenFlowSwitch:
         self._apply_lock = threading.Lock()  # one bundle at a time
         self._pending: dict[int, tuple[Waiter, str]] = {}
         self._bundle_ids = itertools.count(1)
-        self._buckets: dict[int, int] = {}  # group id -> next bucket id (see switchops)
+        self._buckets: dict[int, int] = {}  # group id -> next bucket id (see agent.ovs.buckets)
         self._events: queue.Queue[_Event | None] = queue.Queue(PACKET_IN_QUEUE)
         self._stopping = False
         self._threads: list[threading.Thread] = []
@@ -487,7 +488,7 @@ class OpenFlowSwitch:
             ofpp.OFPGroupStatsRequest(conn, 0, ofp.OFPG_ALL), "group stats") for s in r.body}
         # A group description longer than 64 KiB overflows its length field and would break the
         # channel's framing (OVS sends it anyway), so big groups are listed without buckets.
-        small = [g for g, n in sizes.items() if n <= switchops.DESC_SAFE_BUCKETS]
+        small = [g for g, n in sizes.items() if n <= DESC_SAFE_BUCKETS]
         found: dict[int, Group] = {g: Group(g, ()) for g in sizes}
         targets = [ofp.OFPG_ALL] if len(small) == len(sizes) else small
         for gid in targets:

@@ -16,14 +16,9 @@ from os_ken.ofproto import nicira_ext, ofproto_parser, ofproto_protocol
 from os_ken.ofproto import ofproto_v1_5 as ofp
 from os_ken.ofproto import ofproto_v1_5_parser as ofpp
 
-from agent.flowsync.switch import (
-    MAX_GROUP_BUCKETS,
-    BucketIdError,
-    CookieDelete,
-    describe,
-    next_bucket_id,
-)
+from agent.flowsync.switch import CookieDelete, describe
 from agent.ovs import convert as ofconvert
+from agent.ovs.buckets import MAX_GROUP_BUCKETS, BucketIdError, next_bucket_id
 from agent.ovs.convert import OF_VERSION, Converter, ConvertError, error_text
 from pipeline import layout
 from pipeline import multicast as mc

@@ -24,7 +24,7 @@ from os_ken.ofproto import ofproto_protocol
 from os_ken.ofproto import ofproto_v1_5_parser as ofpp
 
 from agent.flowsync.reconciler import Reconciler
-from agent.flowsync.switch import DESC_SAFE_BUCKETS
+from agent.ovs.buckets import DESC_SAFE_BUCKETS
 from agent.ovs.convert import MAX_BUNDLED_MESSAGE, OF_VERSION, Converter
 from agent.ovs.ovsdb import Ovsdb
 from agent.ovs.switch import OpenFlowSwitch
