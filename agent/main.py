@@ -98,8 +98,10 @@ class Agent:
         tunnel, uplink, mac = self._bridges()
         round_ = (self.db.get_round(cfg.int_bridge) or 0) % ROUND_LIMIT + 1
         self.switch.wait_connected(CONNECT_TIMEOUT_S)
+        rates = cfg.punt_rates
         bridge = BridgeConfig(cfg.encap_mode, round_, cfg.node_ip, mac, tunnel_port=tunnel,
-                              uplink_port=uplink)
+                              uplink_port=uplink, pod_punt_pps=rates.pod_pps,
+                              tunnel_punt_pps=rates.tunnel_pps, uplink_punt_pps=rates.uplink_pps)
         rec = Reconciler(self.switch, self.pipeline)
 
         def seed(ip: str) -> None:
@@ -130,7 +132,7 @@ class Agent:
         self.core = core
         if cfg.metrics_port:
             start_http_server(cfg.metrics_port)
-            register_collector(core.members, core.pod_stats)
+            register_collector(core.members, core.pod_stats, core.punt_drops)
         self.api = LocalApiServer(cfg.api_socket, AgentService(core, self.switch, self.pipeline))
         self.api.start()
         log.info("agent of %s up: mode %s, round %d, %d pods re-adopted", cfg.node_name,

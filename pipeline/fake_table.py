@@ -39,6 +39,7 @@ from pipeline.model import (
     OFPP_CONTROLLER,
     OFPP_IN_PORT,
     Action,
+    ApplyMeter,
     Bucket,
     Controller,
     Ct,
@@ -49,6 +50,7 @@ from pipeline.model import (
     GroupAction,
     LoadReg,
     Match,
+    Meter,
     Output,
     OutputReg,
     Resubmit,
@@ -136,6 +138,7 @@ class Outcome:
 
     deliveries: tuple[tuple[int, str | None, str, str], ...]
     packet_ins: tuple[bytes, ...]
+    meters: int = 0  # meters passed on the way (rates are not simulated)
 
 
 @dataclass
@@ -150,6 +153,7 @@ class Trace:
     flows: list[FlowKey] = field(default_factory=list)
     drops: list[str] = field(default_factory=list)
     nat: list[str] = field(default_factory=list)  # sources conntrack NATed to, in order
+    meters: list[int] = field(default_factory=list)  # meters passed, in order
 
     def ports(self) -> list[int]:
         """Delivered ports, sorted, one entry per copy."""
@@ -162,6 +166,7 @@ class Trace:
         return Outcome(
             tuple(sorted((d.key() for d in self.deliveries), key=repr)),
             tuple(sorted(p.userdata for p in self.packet_ins)),
+            len(self.meters),
         )
 
     def explain(self) -> str:
@@ -250,7 +255,8 @@ class FakeSwitch(SwitchModel):
     """One bridge's flow tables and groups; ``process`` walks a packet through them."""
 
     def __init__(self, pipeline: Pipeline, flows: Iterable[Flow] = (),
-                 groups: Iterable[Group] = (), *, tunnel_ports: Collection[int] = (),
+                 groups: Iterable[Group] = (), *, meters: Iterable[Meter] = (),
+                 tunnel_ports: Collection[int] = (),
                  ports: Collection[int] | None = None, strict_buckets: bool = True) -> None:
         """``tunnel_ports`` send to tun_dst; with ``ports``, outputs elsewhere are dropped."""
         super().__init__(tables=pipeline.names)
@@ -261,7 +267,9 @@ class FakeSwitch(SwitchModel):
         # Counters of installed flows and groups; absent means 0 (see _forget_*).
         self._flow_packets: dict[FlowKey, int] = {}
         self._group_packets: dict[int, int] = {}
-        # Groups first: flows may only point at groups that exist, as on a real switch.
+        # Groups and meters first: flows may only name existing ones, as on a real switch.
+        for m in meters:
+            self.add_meter(m)
         for g in groups:
             self.add_group(g)
         for f in flows:
@@ -369,6 +377,8 @@ class _Walk:
                     self.trace.nat.append(a.nat_src)
             elif isinstance(a, Drop):
                 self.trace.drops.append(f"drop by flow in {table}")
+            elif isinstance(a, ApplyMeter):
+                self.trace.meters.append(a.meter_id)  # rates are not simulated: it passes
             else:
                 state = _apply_set(state, a)
         return state

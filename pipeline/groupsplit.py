@@ -28,6 +28,7 @@ from types import MappingProxyType
 from pipeline.model import (
     FIELD_KINDS,
     Action,
+    ApplyMeter,
     Bucket,
     Controller,
     Ct,
@@ -98,6 +99,8 @@ def action_size(action: Action) -> int:
             return 0
         case GotoTable():
             raise ValueError("goto_table is an instruction, not a bucket action")
+        case ApplyMeter():
+            return 8
     raise TypeError(f"unknown action {action!r}")
 
 

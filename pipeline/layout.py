@@ -22,7 +22,7 @@ _IP = frozenset({"eth_type", "ip_proto", "ipv4_src", "ipv4_dst", "udp_dst"})
 TABLES = (
     TableSpec(
         CLASSIFIER, Stage.CLASSIFIER, Miss.DROP,
-        frozenset({"in_port"} | _IP),
+        frozenset({"in_port", "eth_src"} | _IP),
         frozenset({EGRESS_RULE, ROUTING}),
         "Sorts packets by the port they came in on; punts IGMP; forks 224.0.0.0/4.",
     ),

@@ -207,9 +207,16 @@ class Drop:
     """Explicit drop (no other action may accompany it)."""
 
 
+@dataclass(frozen=True)
+class ApplyMeter:
+    """Pass the packet through a meter (OpenFlow 1.5 meter action): over its rate, dropped."""
+
+    meter_id: int
+
+
 Action = (
     Output | OutputReg | GroupAction | Controller | SetField | LoadReg | SetTunnelDst | Resubmit
-    | GotoTable | Ct | Drop
+    | GotoTable | Ct | Drop | ApplyMeter
 )
 
 

@@ -19,6 +19,7 @@ from pipeline.model import (
     IP_PROTO_IGMP,
     OFPP_CONTROLLER,
     Action,
+    ApplyMeter,
     Bucket,
     Controller,
     Ct,
@@ -29,6 +30,7 @@ from pipeline.model import (
     GroupAction,
     LoadReg,
     Match,
+    Meter,
     Output,
     OutputReg,
     Resubmit,
@@ -68,6 +70,12 @@ class BridgeConfig:
     tunnel_port: int | None = None
     uplink_port: int | None = None
     snat_zone: int = DEFAULT_SNAT_ZONE
+    # IGMP each source may punt per second (None: unmetered). One meter per pod port, one for
+    # the tunnel, one for the uplink, so a flooding pod exhausts only its own budget and peer
+    # agents' reports are never starved by pods.
+    pod_punt_pps: int | None = None
+    tunnel_punt_pps: int | None = None
+    uplink_punt_pps: int | None = None
 
     def __post_init__(self) -> None:
         if self.mode is Mode.ENCAP and self.tunnel_port is None:
@@ -100,40 +108,91 @@ def punt_userdata(reason: PuntReason) -> bytes:
     return bytes([int(reason)])
 
 
+def _punt_rate(cfg: BridgeConfig, reason: PuntReason) -> int | None:
+    return {PuntReason.IGMP_POD: cfg.pod_punt_pps, PuntReason.IGMP_TUNNEL: cfg.tunnel_punt_pps,
+            PuntReason.IGMP_UPLINK: cfg.uplink_punt_pps}[reason]
+
+
+def punt_meter(cfg: BridgeConfig, in_port: int, reason: PuntReason) -> Meter | None:
+    """The meter of ``in_port``'s IGMP punts (its id is the port number), if metered.
+
+    The burst is one second's worth: an application that joins a hundred groups at start-up
+    (each report sent twice) is not cut, a flood is held to the rate.
+    """
+    rate = _punt_rate(cfg, reason)
+    return None if rate is None else Meter(in_port, rate, burst=rate)
+
+
 def igmp_punt_flow(cfg: BridgeConfig, in_port: int, reason: PuntReason, object_id: int) -> Flow:
-    """IGMP from ``in_port`` goes to the agent and nowhere else.
+    """IGMP from ``in_port`` goes to the agent, through the port's meter, and nowhere else.
 
     Match on the protocol, not the destination: an IGMPv1/v2 report is addressed to the group.
+    Any source MAC or IP: a pod's IGMP is attributed to the port it came in on.
     """
+    meter = punt_meter(cfg, in_port, reason)
+    metered: tuple[Action, ...] = () if meter is None else (ApplyMeter(meter.meter_id),)
     return _flow(
         layout.CLASSIFIER,
         priorities.PUNT,
         Match.of(in_port=in_port, eth_type=ETH_TYPE_IP, ip_proto=IP_PROTO_IGMP),
-        (Controller(punt_userdata(reason)),),
+        (*metered, Controller(punt_userdata(reason))),
         cfg.cookie(Feature.IGMP, object_id),
     )
 
 
 def _fork_flow(cfg: BridgeConfig, in_port: int, cls: PortClass, nxt: str, cat: Feature,
-               object_id: int) -> Flow:
+               object_id: int, **sender: str) -> Flow:
     return _flow(
         layout.CLASSIFIER,
         priorities.NORMAL,
-        Match.of(in_port=in_port, eth_type=ETH_TYPE_IP, ipv4_dst=MULTICAST_NET),
+        Match.of(in_port=in_port, eth_type=ETH_TYPE_IP, ipv4_dst=MULTICAST_NET, **sender),
         (LoadReg(IN_CLASS, cls), GotoTable(nxt)),
         cfg.cookie(cat, object_id),
     )
 
 
-def pod_flows(cfg: BridgeConfig, ofport: int) -> list[Flow]:
+def pod_sender_match(mac: str, ip: str) -> dict[str, str]:
+    """What a pod's own multicast carries: its MAC, and its IP when it has one."""
+    return {"eth_src": mac, **({"ipv4_src": ip} if ip else {})}
+
+
+def spoof_guard_flows(cfg: BridgeConfig, ofport: int) -> list[Flow]:
+    """Whatever else a pod port sends is dropped, by two flows that count it per pod.
+
+    Multicast not from the pod's own MAC and IP is spoofed (``SPOOF_DROP``); anything that is
+    not IPv4 multicast at all (ARP, IPv6, unicast) has no business on br-int (``PORT_DROP``).
+    Neither can reach a pod, the tunnel or the uplink.
+    """
+    cookie = cfg.cookie(Feature.POD, ofport)
+    return [
+        _flow(layout.CLASSIFIER, priorities.SPOOF_DROP,
+              Match.of(in_port=ofport, eth_type=ETH_TYPE_IP, ipv4_dst=MULTICAST_NET),
+              (Drop(),), cookie),
+        _flow(layout.CLASSIFIER, priorities.PORT_DROP, Match.of(in_port=ofport), (Drop(),),
+              cookie),
+    ]
+
+
+def pod_meters(cfg: BridgeConfig, ofport: int) -> list[Meter]:
+    meter = punt_meter(cfg, ofport, PuntReason.IGMP_POD)
+    return [] if meter is None else [meter]
+
+
+def pod_flows(cfg: BridgeConfig, ofport: int, mac: str = "", ip: str = "") -> list[Flow]:
     """Per pod port: IGMP punt, multicast fork into the egress stages, both metric flows.
 
-    The self-loop drop removes the copy a member-sender's own bucket makes for it before the
-    ingress metric counts it (OVS would drop it at output anyway, as output to in_port).
+    With the pod's ``mac`` (and ``ip``), only multicast carrying them is forked; the rest is
+    dropped and counted by the spoof guard (``spoof_guard_flows``). The self-loop drop removes
+    the copy a member-sender's own bucket makes for it before the ingress metric counts it (OVS
+    would drop it at output anyway, as output to in_port).
     """
+    sender = pod_sender_match(mac, ip) if mac else {}
+    guard = spoof_guard_flows(cfg, ofport) if mac else []
     return [
         igmp_punt_flow(cfg, ofport, PuntReason.IGMP_POD, ofport),
-        _fork_flow(cfg, ofport, PortClass.POD, layout.EGRESS_RULE, Feature.POD, ofport),
+        _fork_flow(cfg, ofport, PortClass.POD, layout.EGRESS_RULE, Feature.POD, ofport,
+                   **sender),
+        *guard,
         _flow(
             layout.INGRESS_RULE,
             priorities.SELF_LOOP,
@@ -199,6 +258,14 @@ def _suppress_flows(cfg: BridgeConfig) -> list[Flow]:
                 )
             )
     return out
+
+
+def initial_meters(cfg: BridgeConfig) -> list[Meter]:
+    """The tunnel's and the uplink's punt meters (those with a rate)."""
+    found = [punt_meter(cfg, port, reason) for port, reason in (
+        (cfg.tunnel_port, PuntReason.IGMP_TUNNEL), (cfg.uplink_port, PuntReason.IGMP_UPLINK))
+        if port is not None]
+    return [m for m in found if m is not None]
 
 
 def initial_flows(cfg: BridgeConfig) -> list[Flow]:

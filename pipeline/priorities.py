@@ -10,6 +10,10 @@ SOURCE_SPECIFIC = 210
 """Per (source, group) route flows for IGMPv3 INCLUDE receivers; beats the (*, G) flow."""
 SUPPRESS = 190
 """Duplicate-suppression drops in the output table (below the positive output flows)."""
+SPOOF_DROP = 150
+"""Multicast from a pod port without the pod's own MAC and IP (below its fork flow)."""
+PORT_DROP = 100
+"""Anything else a pod port sends: not IPv4 multicast, nothing on br-int serves it."""
 PUNT = 220
 """IGMP punts to the agent: above every data flow of the same port."""
 NODE_SNAT_DROP = 230

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import StrEnum
+from types import MappingProxyType
 
-from pipeline import layout
+from pipeline import layout, priorities
 from pipeline.model import Bucket, Flow, Group, GroupAction, LoadReg, SetTunnelDst
 from pipeline.registers import OUT_PORT
 
@@ -62,19 +63,30 @@ def any_source_routes(flows: list[Flow], groups: list[Group]) -> list[GroupRoute
     return out
 
 
-class Direction(StrEnum):
-    INBOUND = "inbound"
-    OUTBOUND = "outbound"
+class PodCounter(StrEnum):
+    """What a per-pod flow counts."""
+
+    INBOUND = "inbound"  # copies delivered to the pod (ingress metric)
+    OUTBOUND = "outbound"  # multicast the pod sent that passed egress policy (egress metric)
+    SPOOFED = "spoofed"  # multicast without the pod's own MAC and IP (spoof guard)
+    NOT_MULTICAST = "notMulticast"  # anything else the pod sent (port drop)
 
 
-def pod_counter_of(flow: Flow) -> tuple[Direction, int] | None:
-    """Which pod port's multicast a metric flow counts, and in which direction."""
+_CLASSIFIER_DROPS = MappingProxyType({priorities.SPOOF_DROP: PodCounter.SPOOFED,
+                                      priorities.PORT_DROP: PodCounter.NOT_MULTICAST})
+
+
+def pod_counter_of(flow: Flow) -> tuple[PodCounter, int] | None:
+    """Which pod port a per-pod counting flow counts, and what it counts."""
+    port = flow.match.get("in_port")
     if flow.table == layout.EGRESS_METRIC:
-        port = flow.match.get("in_port")
         if port is not None and isinstance(port.value, int):
-            return Direction.OUTBOUND, port.value
+            return PodCounter.OUTBOUND, port.value
     elif flow.table == layout.INGRESS_METRIC:
         reg = flow.match.get(OUT_PORT.oxm)
         if reg is not None and isinstance(reg.value, int):
-            return Direction.INBOUND, OUT_PORT.decode(reg.value)
+            return PodCounter.INBOUND, OUT_PORT.decode(reg.value)
+    elif (flow.table == layout.CLASSIFIER and flow.priority in _CLASSIFIER_DROPS
+          and port is not None and isinstance(port.value, int)):
+        return _CLASSIFIER_DROPS[flow.priority], port.value
     return None

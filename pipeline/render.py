@@ -33,6 +33,7 @@ from pipeline.model import (
     OFPP_LOCAL,
     OFPP_TABLE,
     Action,
+    ApplyMeter,
     Bucket,
     Controller,
     Ct,
@@ -235,6 +236,8 @@ def render_action(action: Action, pipeline: Pipeline, port_names: PortNames = No
             return f"ct({','.join(opts)})"
         case Drop():
             return "drop"
+        case ApplyMeter(meter_id=mid):
+            return f"meter:{mid}"
     raise TypeError(f"unknown action {action!r}")
 
 

@@ -12,7 +12,9 @@ them over OpenFlow 1.5, the version the agent speaks:
   also deletes every flow that outputs to the group; an unknown id is no error.
 * A flow or a bucket that names a missing group fails with OFPBAC_BAD_OUT_GROUP.
 * Meter ADD of an existing id fails with OFPMMFC_METER_EXISTS, MODIFY of an unknown one with
-  OFPMMFC_UNKNOWN_METER; DELETE of an unknown id is no error.
+  OFPMMFC_UNKNOWN_METER; DELETE of an unknown id is no error. A flow that names a missing meter
+  fails with OFPMMFC_INVALID_METER, and deleting a meter deletes the flows that use it (both
+  checked on OVS 3.1).
 
 A refused op changes nothing and raises ``SwitchError`` (in a bundle OVS then rejects the whole
 bundle). ``diff.apply_ops`` replays ops on a state with this model; ``fake_table.FakeSwitch`` is
@@ -27,7 +29,17 @@ from collections.abc import Callable, Iterable, Mapping
 from types import MappingProxyType
 from typing import TypeVar
 
-from pipeline.model import Action, Bucket, Flow, Group, GroupAction, Match, Meter, SwitchState
+from pipeline.model import (
+    Action,
+    ApplyMeter,
+    Bucket,
+    Flow,
+    Group,
+    GroupAction,
+    Match,
+    Meter,
+    SwitchState,
+)
 from pipeline.ops import Command, FlowOp, GroupOp, Op
 
 FlowKey = tuple[str, int, Match]
@@ -177,10 +189,18 @@ class SwitchModel:
             raise SwitchError(f"{where} refers to missing groups {missing}",
                               "OFPBAC_BAD_OUT_GROUP")
 
+    def _check_meter_refs(self, flow: Flow) -> None:
+        missing = sorted({a.meter_id for a in flow.actions if isinstance(a, ApplyMeter)
+                          and a.meter_id not in self._meters})
+        if missing:
+            raise SwitchError(f"flow {describe(flow.key)} refers to missing meters {missing}",
+                              "OFPMMFC_INVALID_METER")
+
     def add_flow(self, flow: Flow) -> None:
         """Add, or replace the flow with the same (table, priority, match), cookie included."""
         self._vet_flow(flow)
         self._check_group_refs(flow.actions, flow)
+        self._check_meter_refs(flow)
         self._tables.setdefault(flow.table, {})[(flow.priority, flow.match)] = flow
 
     def modify_flow(self, flow: Flow) -> None:
@@ -243,7 +263,13 @@ class SwitchModel:
         self._meters[meter.meter_id] = meter
 
     def delete_meter(self, meter_id: int) -> None:
-        self._meters.pop(meter_id, None)
+        """Delete a meter and, as OVS does, every flow that passes packets through it."""
+        if self._meters.pop(meter_id, None) is None:
+            return
+        used = ApplyMeter(meter_id)
+        for table in self._tables.values():
+            for key in [k for k, f in table.items() if used in f.actions]:
+                self._forget_flow(table.pop(key).key)
 
     # -- inspection ---------------------------------------------------------------------------
 

@@ -48,7 +48,10 @@ class AgentService:
 
     def pod_stats(self) -> list[dict[str, Any]]:
         return [{"namespace": s.namespace, "name": s.name, "inbound": s.inbound,
-                 "outbound": s.outbound} for s in self._core.pod_stats()]
+                 "outbound": s.outbound,
+                 "dropped": {"spoofed": s.spoofed, "notMulticast": s.not_multicast,
+                             "igmpRate": s.igmp_dropped}}
+                for s in self._core.pod_stats()]
 
     def flows(self) -> list[str]:
         """What is on the switch now, as ovs-ofctl text (groups first)."""

@@ -81,6 +81,9 @@ class Switch(Protocol):
     def flow_stats(self, cookie: int = 0, mask: int = 0) -> list[FlowStats]:
         """Flows whose cookie matches (cookie, mask), with their counters."""
 
+    def meter_drops(self) -> dict[int, int]:
+        """Packets each meter has dropped (over its rate), by meter id."""
+
     def packet_out(self, data: bytes, actions: Sequence[Action],
                    in_port: int | None = None) -> None:
         """Send a frame with ``actions``; ``Output(OFPP_TABLE)`` runs it through the tables."""

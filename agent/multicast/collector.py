@@ -6,7 +6,7 @@ flows, so the datapath does the counting and the agent keeps no second copy.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import REGISTRY, Collector
@@ -19,9 +19,11 @@ class MulticastCollector(Collector):
     """Groups, members and per-pod packets."""
 
     def __init__(self, members: Callable[[], Iterable[GroupMembers]],
-                 pod_stats: Callable[[], Iterable[PodStats]]) -> None:
+                 pod_stats: Callable[[], Iterable[PodStats]],
+                 punt_drops: Callable[[], Mapping[str, int]] = dict) -> None:
         self._members = members
         self._pod_stats = pod_stats
+        self._punt_drops = punt_drops
 
     def collect(self) -> Iterator[Metric]:
         rows = list(self._members())
@@ -40,14 +42,31 @@ class MulticastCollector(Collector):
             "kube_mcast_pod_outbound_packets", "Multicast packets the pod sent (after policy)",
             labels=["namespace", "pod"],
         )
+        dropped = CounterMetricFamily(
+            "kube_mcast_pod_dropped_packets",
+            "Packets from the pod dropped on br-int: spoofed (multicast without its own MAC and "
+            "IP), not_multicast (anything else), igmp_rate (IGMP over its punt rate)",
+            labels=["namespace", "pod", "reason"],
+        )
         for s in self._pod_stats():
             inbound.add_metric([s.namespace, s.name], s.inbound)
             outbound.add_metric([s.namespace, s.name], s.outbound)
-        yield from (groups, members, inbound, outbound)
+            for reason, n in (("spoofed", s.spoofed), ("not_multicast", s.not_multicast),
+                              ("igmp_rate", s.igmp_dropped)):
+                dropped.add_metric([s.namespace, s.name, reason], n)
+        punts = CounterMetricFamily(
+            "kube_mcast_igmp_punts_dropped",
+            "IGMP from the tunnel (peer agents) or the uplink dropped over its punt rate",
+            labels=["source"],
+        )
+        for source, n in sorted(self._punt_drops().items()):
+            punts.add_metric([source], n)
+        yield from (groups, members, inbound, outbound, dropped, punts)
 
 
 def register_collector(members: Callable[[], Iterable[GroupMembers]],
-                       pod_stats: Callable[[], Iterable[PodStats]]) -> MulticastCollector:
-    collector = MulticastCollector(members, pod_stats)
+                       pod_stats: Callable[[], Iterable[PodStats]],
+                       punt_drops: Callable[[], Mapping[str, int]]) -> MulticastCollector:
+    collector = MulticastCollector(members, pod_stats, punt_drops)
     REGISTRY.register(collector)
     return collector

@@ -180,7 +180,8 @@ class MulticastCore:
 
     def _add_pod(self, pod: PodInfo) -> None:
         self.pods.add(pod)
-        self._rec.set(Feature.POD, pod.container_id, fw.pod_state(self.bridge, pod.ofport))
+        self._rec.set(Feature.POD, pod.container_id,
+                      fw.pod_state(self.bridge, pod.ofport, pod.mac, pod.ip))
 
     def _remove_pod(self, container_id: str) -> set[str]:
         if self.pods.remove(container_id) is None:
@@ -393,8 +394,15 @@ class MulticastCore:
                                         filters))
             return out
 
+    def punt_drops(self) -> dict[str, int]:
+        """IGMP the tunnel's and the uplink's punt meters dropped (their ids are their ports)."""
+        drops = self._switch.meter_drops()
+        ports = {"tunnel": self.bridge.tunnel_port, "uplink": self.bridge.uplink_port}
+        return {name: drops.get(port, 0) for name, port in ports.items() if port is not None}
+
     def pod_stats(self) -> list[PodStats]:
         stats = self._switch.flow_stats(*feature_cookie_mask(Feature.POD))
+        drops = self._switch.meter_drops()
         with self._lock:
             pods = list(self.pods)
-        return pod_stats(pods, stats)
+        return pod_stats(pods, stats, drops)

@@ -16,11 +16,13 @@ from pipeline.model import SwitchState
 
 
 def pipeline_state(cfg: mc.BridgeConfig) -> SwitchState:
-    return SwitchState(flows=tuple(mc.initial_flows(cfg)))
+    return SwitchState(flows=tuple(mc.initial_flows(cfg)), meters=tuple(mc.initial_meters(cfg)))
 
 
-def pod_state(cfg: mc.BridgeConfig, ofport: int) -> SwitchState:
-    return SwitchState(flows=tuple(mc.pod_flows(cfg, ofport)))
+def pod_state(cfg: mc.BridgeConfig, ofport: int, mac: str = "", ip: str = "") -> SwitchState:
+    """A pod port's flows: with its MAC (and IP), only its own multicast gets through."""
+    return SwitchState(flows=tuple(mc.pod_flows(cfg, ofport, mac, ip)),
+                       meters=tuple(mc.pod_meters(cfg, ofport)))
 
 
 def query_state(pod_ports: Iterable[int]) -> SwitchState:

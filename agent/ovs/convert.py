@@ -36,6 +36,7 @@ from pipeline.model import (
     OFPP_CONTROLLER,
     OFPP_IN_PORT,
     Action,
+    ApplyMeter,
     Bucket,
     Controller,
     Ct,
@@ -181,6 +182,8 @@ class Converter:
                     max_len=0)
             case GroupAction(group_id):
                 return ofpp.OFPActionGroup(group_id)
+            case ApplyMeter(meter_id):
+                return ofpp.OFPActionMeter(meter_id)
             case Controller(userdata, max_len):
                 kw: dict[str, Any] = {"userdata": list(userdata)}
                 if max_len != 0xFFFF:  # OVS leaves the default out when it reports the action
@@ -251,6 +254,8 @@ class Converter:
             return Output(a.port)
         if isinstance(a, ofpp.OFPActionGroup):
             return GroupAction(a.group_id)
+        if isinstance(a, ofpp.OFPActionMeter):
+            return ApplyMeter(a.meter_id)
         if isinstance(a, ofpp.OFPActionSetField):
             return self._set_field_from_ofp(a.key, a.value)
         if isinstance(a, ofpp.NXActionOutputReg | ofpp.NXActionOutputReg2):

@@ -482,6 +482,12 @@ class OpenFlowSwitch:
                                      desc.stats.get("byte_count", 0)))
         return out
 
+    def meter_drops(self) -> dict[int, int]:
+        """Packets each meter's drop band has dropped, by meter id."""
+        req = ofpp.OFPMeterStatsRequest(self._require(), 0, ofp.OFPM_ALL)
+        return {m.meter_id: sum(b.packet_band_count for b in m.band_stats)
+                for r in self.request(req, "meter stats") for m in r.body}
+
     def _groups(self) -> list[Group]:
         conn = self._require()
         sizes = {s.group_id: len(s.bucket_stats) for r in self.request(

@@ -20,6 +20,14 @@ GROUP_IP = "239.1.1.1"
 GROUP_ID = 5
 
 
+def pod_mac(port: int) -> str:
+    return f"0a:00:00:00:00:{port:02x}"
+
+
+def pod_ip(port: int) -> str:
+    return f"10.77.1.{port + 1}"
+
+
 def config(mode: mc.Mode, round_: int = 3) -> mc.BridgeConfig:
     return mc.BridgeConfig(
         mode=mode,
@@ -28,18 +36,23 @@ def config(mode: mc.Mode, round_: int = 3) -> mc.BridgeConfig:
         node_mac="02:77:00:00:00:01",
         tunnel_port=TUNNEL_PORT if mode is mc.Mode.ENCAP else None,
         uplink_port=UPLINK_PORT,
+        pod_punt_pps=200,
+        tunnel_punt_pps=5000,
+        uplink_punt_pps=1000,
     )
 
 
 def build_state(mode: mc.Mode, round_: int, pods: Sequence[int],
                 groups: Mapping[str, tuple[int, Sequence[int], Sequence[str]]],
                 nodes: Sequence[str]) -> SwitchState:
-    """Initial flows, pod flows, per group IP (group id, local ports, remote nodes) its group
-    and route flow, and node flows."""
+    """Initial flows and meters, pod flows (spoof guard included) and punt meters, per group IP
+    (group id, local ports, remote nodes) its group and route flow, and node flows."""
     cfg = config(mode, round_)
     flows = list(mc.initial_flows(cfg))
+    meters = list(mc.initial_meters(cfg))
     for port in pods:
-        flows += mc.pod_flows(cfg, port)
+        flows += mc.pod_flows(cfg, port, pod_mac(port), pod_ip(port))
+        meters += mc.pod_meters(cfg, port)
     out_groups = []
     for ip, (gid, local, remote) in groups.items():
         flows.append(mc.route_flow(cfg, ip, gid))
@@ -48,7 +61,7 @@ def build_state(mode: mc.Mode, round_: int, pods: Sequence[int],
     for node in nodes:
         flows += mc.node_flows(cfg, node)
     out_groups.append(mc.query_group(pods))
-    return SwitchState(flows=tuple(flows), groups=tuple(out_groups))
+    return SwitchState(flows=tuple(flows), groups=tuple(out_groups), meters=tuple(meters))
 
 
 def sample_state(mode: mc.Mode, round_: int = 3) -> SwitchState:

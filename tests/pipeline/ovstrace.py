@@ -78,6 +78,7 @@ def _kv(text: str) -> dict[str, str]:
 class DatapathResult:
     deliveries: list[tuple[int, str | None, str, str]] = field(default_factory=list)
     packet_ins: int = 0
+    meters: int = 0
 
 
 @dataclass
@@ -128,6 +129,8 @@ def _replay(tokens: list[str], h: _Headers, ports: dict[int, int],
             if "controller(" not in tok:
                 raise TraceParseError(f"userspace action that is not a packet-in: {tok}")
             result.packet_ins += 1
+        elif name == "meter":  # the datapath's own meter id, not the OpenFlow one
+            result.meters += 1
         else:
             raise TraceParseError(f"unexpected datapath action {tok!r}")
 
@@ -143,7 +146,7 @@ class OvsTrace:
 
     def outcome(self) -> Outcome:
         return Outcome(tuple(sorted(self.datapath.deliveries, key=repr)),
-                       tuple(sorted(self.userdata)))
+                       tuple(sorted(self.userdata)), self.datapath.meters)
 
 
 def parse_trace(text: str, dp_to_ofport: dict[int, int], packet: Packet) -> OvsTrace:

@@ -190,6 +190,23 @@ def test_unknown_port_is_dropped(mode: Mode) -> None:
     assert t.drops == [f"miss in {layout.CLASSIFIER}"]
 
 
+@BOTH
+@pytest.mark.parametrize("forged", [{"ipv4_src": pod_ip(2)}, {"eth_src": pod_mac(2)}],
+                         ids=["ip", "mac"])
+def test_spoofed_multicast_is_dropped_at_the_classifier(mode: Mode, forged: dict) -> None:
+    """A pod forging another pod's address reaches no pod, node or outside (issue 11)."""
+    t = run(mode, from_pod(1, G1).replace(**forged))
+    assert t.deliveries == [] and t.packet_ins == [], t.explain()
+    assert t.tables == [layout.CLASSIFIER] and t.drops == [f"drop by flow in {layout.CLASSIFIER}"]
+    honest = run(mode, from_pod(1, G1))
+    assert honest.deliveries, honest.explain()
+
+
+@BOTH
+def test_pod_igmp_passes_its_port_meter(mode: Mode) -> None:
+    assert run(mode, from_pod(3, G1, IP_PROTO_IGMP)).meters == [3]
+
+
 def test_every_walk_runs_in_both_modes() -> None:
     for mode in Mode:
         sw = node(mode).switch()
@@ -293,7 +310,8 @@ def test_apply_ops_in_order() -> None:
     group = mc.multicast_group(cfg, 7, [2], [])
     route = mc.route_flow(cfg, G1, 7)
     sw = _tiny(list(mc.initial_flows(cfg)) + mc.pod_flows(cfg, 1) + mc.pod_flows(cfg, 2),
-               (mc.query_group(PODS),))
+               (mc.query_group(PODS),),
+               meters=mc.initial_meters(cfg) + mc.pod_meters(cfg, 1) + mc.pod_meters(cfg, 2))
     sw.apply([GroupOp(Command.ADD, group), FlowOp(Command.ADD, route)])
     assert sw.process(from_pod(1, G1)).ports() == [2, UPLINK]
     sw.apply([GroupOp(Command.INSERT_BUCKETS, Group(7, (mc.local_bucket(3),)))])

@@ -58,6 +58,7 @@ from pipeline.model import (
     GroupAction,
     LoadReg,
     Match,
+    Meter,
     Output,
     OutputReg,
     Resubmit,
@@ -66,7 +67,7 @@ from pipeline.model import (
 )
 from pipeline.multicast import Mode
 from pipeline.registers import OUT_PORT
-from pipeline.render import render_flow, render_group
+from pipeline.render import render_flow, render_group, render_meter_mod
 from tools.mclab.ovsnode import OvsNode
 
 BR = "br-int"
@@ -110,8 +111,11 @@ def _build_bridge(n: OvsNode, encap: bool) -> None:
         n.appctl("tnl/arp/set", "br-phy", ip, f"02:77:00:00:00:{i:02x}")
 
 
-def _load(n: OvsNode, flows: tuple[Flow, ...], groups: tuple[Group, ...]) -> None:
+def _load(n: OvsNode, flows: tuple[Flow, ...], groups: tuple[Group, ...],
+          meters: tuple[Meter, ...] = ()) -> None:
     pipe = mc.pipeline()
+    for m in meters:  # meters first too: a flow naming a missing meter is refused
+        n.ofctl("add-meter", BR, render_meter_mod(m))
     gfile, ffile = n.rundir / "groups.txt", n.rundir / "flows.txt"
     gfile.write_text("".join(render_group(g, pipe) + "\n" for g in groups))
     ffile.write_text("".join(render_flow(f, pipe) + "\n" for f in flows))
@@ -145,7 +149,7 @@ def _compare(n: OvsNode, sw: FakeSwitch, cases: dict[str, Packet]) -> None:
 def test_walks_agree_with_ovs(ovs_node: OvsNode, mode: Mode) -> None:
     state: NodeState = node(mode)
     _build_bridge(ovs_node, mode is Mode.ENCAP)
-    _load(ovs_node, state.flows, state.groups)
+    _load(ovs_node, state.flows, state.groups, state.meters)
     _compare(ovs_node, state.switch(), packets())
 
 
@@ -161,7 +165,7 @@ def test_counters_agree_with_ovs(ovs_node: OvsNode, mode: Mode) -> None:
     This includes the member sender's own copy, which must not reach its ingress metric."""
     state = node(mode)
     _build_bridge(ovs_node, mode is Mode.ENCAP)
-    _load(ovs_node, state.flows, state.groups)
+    _load(ovs_node, state.flows, state.groups, state.meters)
     sw = state.switch()
     sent = [p for p in packets().values() if p.in_port in (*PODS, UPLINK)]
     for p in sent + sent[:3]:  # some packets twice, so counts are not all 0/1

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pipeline import multicast as mc
-from pipeline.readback import Direction, any_source_routes, pod_counter_of
+from pipeline.readback import PodCounter, any_source_routes, pod_counter_of
 
 CFG = mc.BridgeConfig(mc.Mode.ENCAP, 1, "192.168.77.1", "02:77:00:00:00:01", tunnel_port=100,
                       uplink_port=200)
@@ -25,5 +25,7 @@ def test_routes_and_their_members() -> None:
 
 def test_pod_counters() -> None:
     found = {pod_counter_of(f) for f in mc.pod_flows(CFG, 5)} - {None}
-    assert found == {(Direction.OUTBOUND, 5), (Direction.INBOUND, 5)}
+    assert found == {(PodCounter.OUTBOUND, 5), (PodCounter.INBOUND, 5)}
+    guarded = {pod_counter_of(f) for f in mc.pod_flows(CFG, 5, "0a:00:00:00:00:05", "10.0.0.5")}
+    assert guarded - {None} == {(c, 5) for c in PodCounter}
     assert all(pod_counter_of(f) is None for f in mc.initial_flows(CFG))

@@ -24,7 +24,7 @@ from mcast_samples import (
 from pipeline import multicast as mc
 from pipeline.diff import diff
 from pipeline.model import Group, Meter, SwitchState
-from pipeline.ops import Command, GroupOp
+from pipeline.ops import Command, GroupOp, MeterOp
 from pipeline.render import (
     needs_openflow15,
     render_bundle,
@@ -76,6 +76,8 @@ def dump_groups(node: OvsNode) -> list[str]:
 
 
 def load_state(node: OvsNode, state: SwitchState, tmp: Path) -> None:
+    for m in state.meters:  # meters cannot go in a bundle, and flows may only name existing ones
+        node.ofctl("add-meter", BR, render_meter_mod(m))
     flows, groups = render_state(state, P, PORT_NAMES)
     (tmp / "groups.txt").write_text("".join(g + "\n" for g in groups))
     (tmp / "flows.txt").write_text("".join(f + "\n" for f in flows))
@@ -90,10 +92,19 @@ def assert_switch_holds(node: OvsNode, state: SwitchState) -> None:
 
 
 def apply_bundle(node: OvsNode, ops: list, tmp: Path, name: str = "bundle.txt") -> None:
+    """Meter adds and modifies, then the bundle, then meter deletes: as the agent sends them."""
+    meter_ops = [op for op in ops if isinstance(op, MeterOp)]
+    for op in meter_ops:
+        if op.command is not Command.DELETE:
+            node.ofctl(f"{op.command.value}-meter", BR, render_meter_mod(op.meter))
     path = tmp / name
-    path.write_text(render_bundle(ops, P, PORT_NAMES))
-    version = ["-O", "OpenFlow15"] if needs_openflow15(ops) else []  # the later -O wins
+    bundled = [op for op in ops if not isinstance(op, MeterOp)]
+    path.write_text(render_bundle(bundled, P, PORT_NAMES))
+    version = ["-O", "OpenFlow15"] if needs_openflow15(bundled) else []  # the later -O wins
     node.ofctl(*version, "bundle", BR, str(path))
+    for op in meter_ops:
+        if op.command is Command.DELETE:
+            node.ofctl("del-meter", BR, f"meter={op.meter.meter_id}")
 
 
 @pytest.mark.parametrize("mode", [mc.Mode.ENCAP, mc.Mode.NOENCAP])

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from pipeline import multicast as mc
 from pipeline.fake_table import FakeSwitch, Packet, multicast_mac
-from pipeline.model import IP_PROTO_IGMP, IP_PROTO_UDP, OFPP_CONTROLLER, Flow, Group
+from pipeline.model import IP_PROTO_IGMP, IP_PROTO_UDP, OFPP_CONTROLLER, Flow, Group, Meter
 from pipeline.multicast import BridgeConfig, Mode
 
 PODS = (1, 2, 3, 4)
@@ -39,10 +39,13 @@ def pod_mac(port: int) -> str:
     return f"02:00:00:00:01:{port:02x}"
 
 
+PUNT_PPS = {"pod_punt_pps": 200, "tunnel_punt_pps": 5000, "uplink_punt_pps": 1000}
+
+
 def config(mode: Mode) -> BridgeConfig:
     return BridgeConfig(
         mode=mode, round=1, node_ip=NODE_IP, node_mac=NODE_MAC,
-        tunnel_port=TUNNEL if mode is Mode.ENCAP else None, uplink_port=UPLINK,
+        tunnel_port=TUNNEL if mode is Mode.ENCAP else None, uplink_port=UPLINK, **PUNT_PPS,
     )  # fmt: skip
 
 
@@ -51,6 +54,7 @@ class NodeState:
     cfg: BridgeConfig
     flows: tuple[Flow, ...]
     groups: tuple[Group, ...]
+    meters: tuple[Meter, ...]
 
     @property
     def ports(self) -> tuple[int, ...]:
@@ -58,7 +62,7 @@ class NodeState:
 
     def switch(self, **kw: object) -> FakeSwitch:
         return FakeSwitch(
-            mc.pipeline(), self.flows, self.groups,
+            mc.pipeline(), self.flows, self.groups, meters=self.meters,
             tunnel_ports={TUNNEL} if self.cfg.tunnel_port else (), ports=self.ports, **kw,
         )  # type: ignore[arg-type]  # fmt: skip
 
@@ -78,8 +82,10 @@ def node(mode: Mode) -> NodeState:
     cfg = config(mode)
     remotes = [NODE_B, NODE_C] if mode is Mode.ENCAP else []
     flows = list(mc.initial_flows(cfg))
+    meters = list(mc.initial_meters(cfg))
     for p in PODS:
-        flows += mc.pod_flows(cfg, p)
+        flows += mc.pod_flows(cfg, p, pod_mac(p), pod_ip(p))
+        meters += mc.pod_meters(cfg, p)
     for ip in (NODE_B, NODE_C):
         flows += mc.node_flows(cfg, ip)
     groups = [
@@ -92,7 +98,7 @@ def node(mode: Mode) -> NodeState:
     g5 = mc.multicast_group(cfg, GROUP_IDS[G5], [2], [])
     groups.append(Group(g5.group_id, g5.buckets[::-1]))
     flows += [mc.route_flow(cfg, g, gid) for g, gid in GROUP_IDS.items()]
-    return NodeState(cfg, tuple(flows), tuple(groups))
+    return NodeState(cfg, tuple(flows), tuple(groups), tuple(meters))
 
 
 def from_pod(port: int, dst: str, proto: int = IP_PROTO_UDP) -> Packet:
@@ -152,4 +158,7 @@ def packets() -> dict[str, Packet]:
                                                IP_PROTO_IGMP),
         "query packet-out": query(),
         "unknown port": from_pod(1, G1).replace(in_port=99),
+        "pod1 forging pod2's IP ->G1": from_pod(1, G1).replace(ipv4_src=pod_ip(2)),
+        "pod1 forging pod2's MAC ->G1": from_pod(1, G1).replace(eth_src=pod_mac(2)),
+        "pod1 unicast to pod2": from_pod(1, pod_ip(2)).replace(eth_dst=pod_mac(2)),
     }

@@ -41,6 +41,10 @@ class TableSwitch:
         return [FlowStats(f, self.table.n_packets(f), 0) for f in self.table.flows()
                 if f.cookie & mask == cookie]
 
+    def meter_drops(self) -> dict[int, int]:
+        """The fake table passes everything through its meters: nothing is dropped."""
+        return dict.fromkeys(self.table.meters(), 0)
+
     def sent(self) -> list[tuple[object, tuple[Action, ...]]]:
         """Packet-outs since the last call, their IGMP parsed."""
         out = [(parse_frame(d), a) for d, a, _ in self.packet_outs]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from typing import Any
 
 from agent.api.client import AgentClient
 from agent.api.types import ApiError
@@ -52,12 +53,18 @@ def _podstats(client: AgentClient, args: argparse.Namespace) -> str:
     headers = ["NAMESPACE", "NAME", "INBOUND", "OUTBOUND"]
     if args.output == "wide":
         pods = {(p.namespace, p.name): p for p in client.list_pods()}
-        headers += ["IP", "OFPORT", "INTERFACE"]
+        headers += ["SPOOFED", "NOT-MULTICAST", "IGMP-RATE-DROPS", "IP", "OFPORT", "INTERFACE"]
         return table(headers, [
-            [r["namespace"], r["name"], r["inbound"], r["outbound"],
+            [r["namespace"], r["name"], r["inbound"], r["outbound"], *_drops(r),
              *_pod_extra(pods.get((r["namespace"], r["name"])))] for r in rows])
     return table(headers, [[r["namespace"], r["name"], r["inbound"], r["outbound"]]
                            for r in rows])
+
+
+def _drops(row: dict[str, Any]) -> list[object]:
+    """Packets br-int dropped from the pod, by reason (an older agent reports none)."""
+    d = row.get("dropped", {})
+    return [d.get("spoofed", ""), d.get("notMulticast", ""), d.get("igmpRate", "")]
 
 
 def _pod_extra(pod: object | None) -> list[object]:

@@ -283,24 +283,30 @@ def test_metrics_read_state_at_scrape_time(env) -> None:
     assert 'kube_mcast_members{kind="local"} 1.0' in text
     assert 'kube_mcast_pod_inbound_packets_total{namespace="default",pod="p2"} 1.0' in text
     assert 'kube_mcast_pod_outbound_packets_total{namespace="default",pod="p1"} 1.0' in text
+    spoofed = Packet(p1.ofport, p1.mac, "01:00:5e:01:01:01", "10.66.6.6", G, 17)
+    switch.table.process(spoofed)
+    text = generate_latest(registry).decode()
+    assert ('kube_mcast_pod_dropped_packets_total{namespace="default",pod="p1",'
+            'reason="spoofed"} 1.0') in text
 
 
 def send_from(switch: TableSwitch, pod, source: str, group: str) -> list[int]:
-    """A packet to ``group`` from ``pod``'s port carrying source address ``source``."""
+    """A packet to ``group`` from ``pod``'s port and MAC carrying source address ``source``."""
     t = switch.table.process(Packet(pod.ofport, pod.mac, "01:00:5e:01:01:01", source, group, 17))
     return sorted(d.port for d in t.deliveries)
 
 
 def test_igmpv3_source_filters_are_enforced_in_the_data_plane(env) -> None:
     agent, switch, _, (p1, p2, p3, p4), _ = env
-    s1, s2 = "10.77.1.2", "10.99.0.9"  # p1's own address and another source
+    s1, s2 = "10.77.1.2", "10.99.0.9"  # p1's own address and p5's, another sender
+    p5 = agent.attach_pod(PodAttach("default", "p5", "cid5", "veth5", s2, "0a:00:00:00:00:05"))
     ssm = [(p2, RecordType.ALLOW, (s1,)), (p3, RecordType.TO_EX, ()),
            (p4, RecordType.TO_EX, (s1,))]
     for pod, kind, sources in ssm:  # p2: INCLUDE{s1}, p3: any source, p4: EXCLUDE{s1}
         (frame,) = build_v3_reports([GroupRecord(kind, G, sources)], pod.ip, pod.mac)
         agent.handle_packet_in(PI(pod.ofport, bytes([PuntReason.IGMP_POD]), frame))
     assert send_from(switch, p1, s1, G) == [p2.ofport, p3.ofport, UPLINK]
-    assert send_from(switch, p1, s2, G) == [p3.ofport, p4.ofport, UPLINK]
+    assert send_from(switch, p5, s2, G) == [p3.ofport, p4.ofport, UPLINK]
     (row,) = AgentService(agent, switch, multicast_pipeline()).members()  # the API's JSON
     assert row["sourceFilters"] == {"default/p2": {"mode": "include", "sources": [s1]},
                                     "default/p4": {"mode": "exclude", "sources": [s1]}}
@@ -314,11 +320,11 @@ def test_igmpv3_source_filters_are_enforced_in_the_data_plane(env) -> None:
     clock.now += agent.local.timers.last_member_query_time_s + 0.1
     agent.tick()
     assert send_from(switch, p1, s1, G) == [UPLINK]
-    assert send_from(switch, p1, s2, G) == [p4.ofport, UPLINK]
+    assert send_from(switch, p5, s2, G) == [p4.ofport, UPLINK]
     # an INCLUDE-only group: other sources are not steered to the member at all
     (frame,) = build_v3_reports([GroupRecord(RecordType.ALLOW, G2, (s2,))], p3.ip, p3.mac)
     agent.handle_packet_in(PI(p3.ofport, bytes([PuntReason.IGMP_POD]), frame))
-    assert send_from(switch, p1, s2, G2) == [p3.ofport, UPLINK]
+    assert send_from(switch, p5, s2, G2) == [p3.ofport, UPLINK]
     assert send_from(switch, p1, s1, G2) == [UPLINK]
     # s1 must be steered away from p4 by its own (S, G) flow; when p4 leaves, every id of G
     # is given back
@@ -328,7 +334,7 @@ def test_igmpv3_source_filters_are_enforced_in_the_data_plane(env) -> None:
     clock.now += agent.local.timers.last_member_query_time_s + 0.1
     agent.tick()
     assert set(agent.groups.ids()) == {f"{G2}/{s2}"}
-    assert send_from(switch, p1, s2, G) == [UPLINK]
+    assert send_from(switch, p5, s2, G) == [UPLINK]
 
 
 def test_a_disconnected_switch_defers_work_until_the_reconnect_sync(env) -> None:
@@ -449,3 +455,20 @@ def test_a_burst_is_settled_in_bounded_bundles(env, monkeypatch) -> None:
     agent.tick()
     assert all(send(switch, p1, g) == [p2.ofport, UPLINK] for g in groups)
     assert agent.next_deadline() > clock.now
+
+
+def test_spoofed_multicast_reaches_nobody_and_is_counted(env) -> None:
+    """A pod forging another pod's source address bypasses no (S, G) filter: it is dropped
+    before anything else, and counted against the spoofing pod."""
+    agent, switch, _, (p1, p2, p3, _), _ = env
+    (frame,) = build_v3_reports([GroupRecord(RecordType.ALLOW, G, (p1.ip,))], p2.ip, p2.mac)
+    agent.handle_packet_in(PI(p2.ofport, bytes([PuntReason.IGMP_POD]), frame))  # wants p1 only
+    assert send_from(switch, p1, p1.ip, G) == [p2.ofport, UPLINK]
+    assert send_from(switch, p3, p1.ip, G) == []  # p3 forging p1's address
+    forged_mac = Packet(p3.ofport, p1.mac, "01:00:5e:01:01:01", p3.ip, G, 17)
+    assert switch.table.process(forged_mac).deliveries == []  # or p1's MAC
+    arp_like = Packet(p3.ofport, p3.mac, "ff:ff:ff:ff:ff:ff", p3.ip, "10.77.1.2", 17)
+    assert switch.table.process(arp_like).deliveries == []  # not multicast: nothing to do here
+    stats = {s.name: s for s in agent.pod_stats()}
+    assert (stats["p3"].spoofed, stats["p3"].not_multicast, stats["p3"].outbound) == (2, 1, 0)
+    assert (stats["p1"].spoofed, stats["p1"].outbound) == (0, 1)
