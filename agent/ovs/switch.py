@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import itertools
 import logging
-import queue
 import socket
 import struct
 import threading
@@ -28,7 +27,6 @@ from os_ken.ofproto import ofproto_parser
 from os_ken.ofproto import ofproto_v1_5 as ofp
 from os_ken.ofproto import ofproto_v1_5_parser as ofpp
 
-from agent import metrics
 from agent.flowsync import switch as switchops
 from agent.flowsync.switch import (
     CookieDelete,
@@ -42,17 +40,13 @@ from agent.ovs import convert as ofconvert
 from agent.ovs.buckets import DESC_SAFE_BUCKETS
 from agent.ovs.channel import Channel, Waiter, exit_process
 from agent.ovs.convert import OF_VERSION, Converter, ConvertError, error_message_text
-from pipeline.cookies import feature_of
+from agent.ovs.events import EventQueue
 from pipeline.model import OFPP_CONTROLLER, Action, Group, SwitchState
 from pipeline.ops import Command, MeterOp
 from pipeline.tables import Pipeline
 
 log = logging.getLogger(__name__)
 
-PACKET_IN_QUEUE = 4096
-PACKET_IN_BATCH = 256
-
-_Event = Callable[[], None] | PacketIn  # what the event thread runs: a callback or a punt
 
 
 class OpenFlowSwitch:
@@ -68,7 +62,6 @@ class OpenFlowSwitch:
         self.timeout = timeout
         self.on_packet_ins: Callable[[list[PacketIn]], None] | None = None
         self.on_connected: Callable[[int], None] | None = None
-        self.dropped_packet_ins = 0
         self._fatal = fatal
         self._lsock = listen_socket
         self._conn: Channel | None = None
@@ -78,7 +71,7 @@ class OpenFlowSwitch:
         self._pending: dict[int, tuple[Waiter, str]] = {}
         self._bundle_ids = itertools.count(1)
         self._buckets: dict[int, int] = {}  # group id -> next bucket id (see agent.ovs.buckets)
-        self._events: queue.Queue[_Event | None] = queue.Queue(PACKET_IN_QUEUE)
+        self._events = EventQueue(self._deliver_packet_ins)
         self._stopping = False
         self._threads: list[threading.Thread] = []
 
@@ -89,7 +82,7 @@ class OpenFlowSwitch:
             self._lsock = socket.create_server(self.listen_addr, reuse_port=False)
         self._lsock.listen(4)
         self._spawn(self._accept_loop, "of-accept")
-        self._spawn(self._event_loop, "of-events")
+        self._spawn(self._events.run, "of-events", lambda: self._stopping)
         log.info("OpenFlow controller listening on %s", self.address)
 
     @property
@@ -111,8 +104,7 @@ class OpenFlowSwitch:
             self._connected.clear()
         if conn is not None:
             conn.close()
-        with contextlib.suppress(queue.Full):
-            self._events.put_nowait(None)
+        self._events.close()
         for t in self._threads:
             t.join(timeout=5)
 
@@ -159,38 +151,6 @@ class OpenFlowSwitch:
                 self._disconnected(old)
                 old.close()
             self._spawn(self._serve, f"of-conn-{peer}", conn)
-
-    def _event_loop(self) -> None:
-        """Run queued callbacks in order; packet-ins waiting back to back go as one batch
-        (at most PACKET_IN_BATCH), so a burst costs the agent one settle, not one per punt."""
-        held: _Event | None = None
-        while not self._stopping:
-            item: _Event | None
-            if held is not None:
-                item, held = held, None
-            else:
-                try:
-                    item = self._events.get(timeout=0.5)
-                except queue.Empty:
-                    continue
-            if item is None:
-                return
-            if not isinstance(item, PacketIn):
-                item()
-                continue
-            batch = [item]
-            while len(batch) < PACKET_IN_BATCH:
-                try:
-                    nxt = self._events.get_nowait()
-                except queue.Empty:
-                    break
-                if not isinstance(nxt, PacketIn):
-                    held = nxt
-                    break
-                batch.append(nxt)
-            cb = self.on_packet_ins
-            if cb is not None:
-                cb(batch)
 
     # -- receiving ------------------------------------------------------------------------------
 
@@ -256,7 +216,7 @@ class OpenFlowSwitch:
             log.info("bridge %#x ready (OpenFlow 1.5, packet-in2)", conn.id)
             if self.on_connected is not None and conn.id is not None:
                 dpid, cb = conn.id, self.on_connected
-                self._events.put(lambda: cb(dpid))
+                self._events.call(lambda: cb(dpid))
         elif isinstance(msg, ofpp.OFPErrorMsg):
             self._on_error(conn, msg)
         elif isinstance(msg, ofpp.NXTPacketIn2):
@@ -293,16 +253,18 @@ class OpenFlowSwitch:
             waiter.done.set()
 
     def _on_packet_in(self, msg: Any) -> None:
-        if self.on_packet_ins is None:
-            return
-        pin = ofconvert.packet_in_from(msg)
-        try:
-            self._events.put_nowait(pin)
-        except queue.Full:  # the agent is behind: shed punts rather than stall the channel
-            self.dropped_packet_ins += 1
-            feature = feature_of(pin.cookie)
-            metrics.PACKET_INS_DROPPED.labels(
-                feature=feature.name.lower() if feature is not None else "unknown").inc()
+        if self.on_packet_ins is not None:
+            self._events.punt(ofconvert.packet_in_from(msg))
+
+    def _deliver_packet_ins(self, batch: list[PacketIn]) -> None:
+        cb = self.on_packet_ins
+        if cb is not None:
+            cb(batch)
+
+    @property
+    def dropped_packet_ins(self) -> int:
+        """Punts shed because the agent was behind (also kube_mcast_packet_ins_dropped_total)."""
+        return self._events.dropped_packet_ins
 
     # -- requests -------------------------------------------------------------------------------
 
