@@ -10,6 +10,7 @@ any packet on a down link: queries and refreshes repeat on their own.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 from collections.abc import Callable, Iterable, Sequence
 
@@ -25,6 +26,7 @@ UNDERLAY_MTU = 1500
 TUNNEL_OVERHEAD = 100
 """Room for the outer headers of a report sent through the tunnel (VXLAN 50, Geneve 50+opts)."""
 GENERAL_QUERY = "0.0.0.0"
+LINK_LOCAL = ipaddress.IPv4Network("224.0.0.0/24")
 
 
 class Announcer:
@@ -87,10 +89,14 @@ class Announcer:
                 self._send(frame, (SetTunnelDst(ip), Output(tunnel)))
 
     def upstream(self, records: list[GroupRecord]) -> None:
-        """Reports out the uplink, to the upstream multicast router."""
+        """Reports out the uplink, to the upstream multicast router.
+
+        Link-local groups (224.0.0.0/24: mDNS, LLMNR ...) stay among the cluster's nodes: a
+        proxy never reports them upstream (RFC 4605 §4, RFC 2236 §6)."""
         uplink = self._bridge.uplink_port
         if uplink is None:
             return
+        records = [r for r in records if ipaddress.IPv4Address(r.group) not in LINK_LOCAL]
         for frame in self._frames(records, UNDERLAY_MTU):
             self._send(frame, (Output(uplink),))
 

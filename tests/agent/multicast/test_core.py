@@ -472,3 +472,16 @@ def test_spoofed_multicast_reaches_nobody_and_is_counted(env) -> None:
     stats = {s.name: s for s in agent.pod_stats()}
     assert (stats["p3"].spoofed, stats["p3"].not_multicast, stats["p3"].outbound) == (2, 1, 0)
     assert (stats["p1"].spoofed, stats["p1"].outbound) == (0, 1)
+
+
+def test_link_local_groups_reach_peers_but_never_upstream(env) -> None:
+    """mDNS (224.0.0.251) between pods of different nodes works; the upstream router is not
+    told about link-local groups (RFC 4605)."""
+    agent, switch, *_ = env
+    p2 = env[3][1]
+    agent.set_nodes([NodeInfo("node2", (NODE2,))])
+    switch.sent()
+    join_v3(agent, p2, "224.0.0.251")
+    sent = [(type(a[0]).__name__, [r.group for r in m.records]) for m, a in switch.sent()
+            if isinstance(m, IgmpReportV3)]
+    assert sent == [("SetTunnelDst", ["224.0.0.251"])]
