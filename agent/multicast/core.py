@@ -251,6 +251,7 @@ class MulticastCore:
         for ev in batch:
             self._receive(ev)
         self.settle()
+        self._wake()  # reports may have moved the next deadline (a leave's query, an expiry)
 
     def _receive(self, ev: PacketIn) -> None:
         try:
@@ -277,7 +278,10 @@ class MulticastCore:
         metrics.IGMP_MESSAGES.labels(type=type(msg).__name__, verdict=verdict).inc()
 
     def settle(self) -> None:
-        """Rebuild, flush and announce what received reports changed (bounded per call)."""
+        """Rebuild, flush and announce what received reports changed (bounded per call).
+
+        It wakes nobody: the timer loop calls it from ``tick`` and reads ``next_deadline``
+        right after, and event handlers wake the loop themselves."""
         with self._lock:
             if self._pending:
                 batch = sorted(self._pending)[:SETTLE_GROUPS]
@@ -285,7 +289,6 @@ class MulticastCore:
                 self.groups.sync(batch)
                 self.announcer.announce_changes(batch)
             self._flush_unless_disconnected()
-        self._wake()
 
     def _pod_igmp(self, now: float, in_port: int, msg: object) -> str:
         pod = self.pods.by_port(in_port)

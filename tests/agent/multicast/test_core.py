@@ -485,3 +485,18 @@ def test_link_local_groups_reach_peers_but_never_upstream(env) -> None:
     sent = [(type(a[0]).__name__, [r.group for r in m.records]) for m, a in switch.sent()
             if isinstance(m, IgmpReportV3)]
     assert sent == [("SetTunnelDst", ["224.0.0.251"])]
+
+
+def test_an_idle_core_never_asks_the_timer_loop_to_spin(env) -> None:
+    """The loop ticks, then sleeps until next_deadline unless woken: a tick must not wake it,
+    and with nothing due the deadline must lie ahead (a wake per tick spun a whole core)."""
+    agent, switch, clock, (_, p2, *_), _ = env
+    woken = []
+    agent._wake = lambda: woken.append(clock.now)
+    clock.now = agent.next_deadline()
+    agent.tick()  # a general query falls due
+    join_v3(agent, p2, G)  # an event: wakes the loop once
+    assert len(woken) == 1
+    for _ in range(5):
+        agent.tick()
+    assert len(woken) == 1 and agent.next_deadline() > clock.now
