@@ -63,7 +63,6 @@ class Reconciler:
         self._owners: dict[tuple[str, object], set[Key]] = {}  # (kind, ident) -> keys
         self._dirty: set[Key] = set()
         self._round: int | None = None
-        self.last_ops: list[SwitchOp] = []
 
     # -- desired state --------------------------------------------------------------------------
 
@@ -127,7 +126,6 @@ class Reconciler:
             if not self._synced:
                 return self._sync(self._switch.dump())
             if not self._dirty:
-                self.last_ops = []
                 return []
             dirty = sorted(self._dirty)
             new = {k: _Index(canonical(self._wanted.get(k, _EMPTY), self._pipeline))
@@ -142,7 +140,6 @@ class Reconciler:
             for k, idx in new.items():
                 self._index(k, idx if k in self._wanted else None)
             self._dirty.clear()
-            self.last_ops = ops
             return ops
 
     def _index(self, key: Key, idx: _Index | None) -> None:
@@ -217,7 +214,6 @@ class Reconciler:
         for k, st in self._wanted.items():
             self._index(k, _Index(canonical(st, self._pipeline)))
         self._dirty.clear()
-        self.last_ops = ops
         log.info("synced with the switch for round %s: %d ops (found %d flows, %d groups; "
                  "%d groups adopted; old rounds %s)", self._round, len(ops), len(actual.flows),
                  len(actual.groups), len(adopted), old_rounds or "none")
