@@ -30,12 +30,14 @@ class Cap(enum.StrEnum):
 @dataclass(frozen=True)
 class Limits:
     """The caps (config ``multicast.limits``). Defaults leave room for real applications
-    (market-data pods join hundreds of groups) while bounding a hostile pod's footprint."""
+    (market-data pods join hundreds of groups; SSM receivers list a few sources per group)
+    while bounding a hostile pod's footprint: every source a pod lists can cost an (S, G)
+    flow and group on the switch."""
 
     records_per_report: int = 256
-    sources_per_record: int = 256
+    sources_per_record: int = 64
     groups_per_pod: int = 4096
-    sources_per_pod: int = 4096
+    sources_per_pod: int = 1024
     groups_per_node: int = 65536
 
     def __post_init__(self) -> None:
