@@ -1,0 +1,276 @@
+"""The lab side of issue 11's hostile-pod tests: a lab with external hosts, the agent's CPU and
+memory read from /proc, its metrics, and sniffers in pods, node and underlay namespaces.
+
+``tests/lab/test_hostile.py`` holds the tests; this module owns what they measure with. Each
+test builds its own lab (``make_lab``; ``mclab up`` takes about 2 s), so one attack's
+leftovers (memberships, a busy agent, a fat heap) never become the next test's baseline. The
+attacks themselves are ``tools/mcattack.py``, run inside pods like ``tools/mcprobe.py``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import threading
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import (
+    _PROCS,
+    CLI_TIMEOUT,
+    MCLAB,
+    PYTHON,
+    REPO,
+    UP_TIMEOUT,
+    Lab,
+    Pod,
+    Receiver,
+    _teardown,
+    foreign_lab,
+    fresh_lab,
+    reap_processes,
+    wait_for,
+)
+
+from tools.mclab import netns
+
+MCATTACK = str(REPO / "tools" / "mcattack.py")
+EXTERNAL = ""  # Pod.namespace of an external host: `mclab exec NAME` takes no -n for it
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+IDLE_CORE = 0.05  # "idle": under 5 % of one core over a one-second window
+METRICS_URL = "http://127.0.0.1:9464/metrics"
+
+
+def figure(text: str) -> None:
+    """A measured figure, for the closing note (``pytest -s`` or ``-rP`` shows it)."""
+    print(f"FIGURE {text}", flush=True)
+
+
+# ---------------------------------------------------------------------------- the agent
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of ``pid``, all its threads (``/proc/PID/stat`` fields 14, 15)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def memory_mb(pid: int) -> dict[str, float]:
+    """``VmRSS`` and ``VmHWM`` (peak RSS) of ``pid`` in MB."""
+    out = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key in ("VmRSS", "VmHWM"):
+            out[key] = int(value.split()[0]) / 1024
+    return out
+
+
+class CpuMeter:
+    """The CPU share of one process (in cores) between two readings."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.restart()
+
+    def restart(self) -> None:
+        self._cpu, self._at = cpu_seconds(self.pid), time.monotonic()
+
+    def cores(self) -> float:
+        return (cpu_seconds(self.pid) - self._cpu) / max(time.monotonic() - self._at, 1e-6)
+
+
+def idle_after(pid: int, limit_s: float, window_s: float = 1.0,
+               step_s: float = 0.25) -> tuple[float | None, list[float]]:
+    """Watch ``pid`` from now: (seconds until the end of the first ``window_s`` window in
+    which it used under IDLE_CORE of a core, or None within ``limit_s``; the CPU share of each
+    whole second watched, for the figure)."""
+    start = time.monotonic()
+    samples = [(start, cpu_seconds(pid))]
+    while (now := time.monotonic()) - start < limit_s:
+        time.sleep(step_s)
+        now = time.monotonic()
+        samples.append((now, cpu_seconds(pid)))
+        old = [s for s in samples if s[0] <= now - window_s + 1e-3]
+        if old and (samples[-1][1] - old[-1][1]) / (now - old[-1][0]) < IDLE_CORE:
+            return now - start, _per_second(samples)
+    return None, _per_second(samples)
+
+
+def _per_second(samples: list[tuple[float, float]]) -> list[float]:
+    out, mark = [], samples[0]
+    for s in samples:
+        if s[0] - mark[0] >= 1.0 - 1e-3:
+            out.append(round((s[1] - mark[1]) / (s[0] - mark[0]), 3))
+            mark = s
+    return out
+
+
+# ---------------------------------------------------------------------------- the lab
+
+
+class HostileLab(Lab):
+    """``Lab`` with external hosts, the agent's process, its metrics and namespace sniffers."""
+
+    def create_external(self, name: str) -> Pod:
+        ip = self.mclab("external", "create", name).stdout.strip().splitlines()[-1]
+        return Pod(name, "external", ip, EXTERNAL)
+
+    @staticmethod
+    def _target(pod: Pod) -> list[str]:
+        return [pod.name] if pod.namespace == EXTERNAL else [pod.name, "-n", pod.namespace]
+
+    def exec(self, pod: Pod, *cmd: str, check: bool = True,
+             timeout: float = CLI_TIMEOUT) -> subprocess.CompletedProcess[str]:
+        return self.mclab("exec", *self._target(pod), "--", *cmd, check=check, timeout=timeout)
+
+    def popen(self, pod: Pod, *cmd: str) -> subprocess.Popen[str]:
+        proc = subprocess.Popen([MCLAB, "exec", *self._target(pod), "--", *cmd],
+                                env=self.env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+        _PROCS.append(proc)  # reaped after the test by conftest's autouse fixture
+        return proc
+
+    def attack(self, pod: Pod, *args: str, timeout: float = CLI_TIMEOUT) -> dict[str, Any]:
+        """``mcattack ARGS`` in ``pod``, to its end; its JSON result."""
+        out = self.exec(pod, PYTHON, MCATTACK, *args, timeout=timeout).stdout
+        return dict(json.loads(out.strip().splitlines()[-1]))
+
+    def mac(self, pod: Pod) -> str:
+        """The MAC of the pod's eth0 (from netlink: /sys here is the machine's, not the pod's)."""
+        out = self.exec(pod, "ip", "-o", "link", "show", "eth0").stdout
+        m = re.search(r"link/ether ([0-9a-f:]{17})", out)
+        assert m, f"no MAC in {out!r}"
+        return m.group(1)
+
+    # -- nodes -----------------------------------------------------------------------------
+
+    def node_state(self, node: str) -> dict[str, Any]:
+        return dict(next(n for n in self.state()["nodes"] if n["name"] == node))
+
+    def agent_pid(self, node: str = "node1") -> int:
+        pid = int(self.node_state(node)["agent_pid"])
+        assert pid and Path(f"/proc/{pid}").exists(), f"agent of {node} is not running: {pid}"
+        return pid
+
+    def metrics(self, node: str = "node1") -> str:
+        """The agent's Prometheus text, fetched from inside the node's namespace."""
+        def get() -> str:
+            with urllib.request.urlopen(METRICS_URL, timeout=10) as resp:
+                return str(resp.read().decode())
+        return netns.call_in(self.node_state(node)["netns"], get)
+
+    def port_rx(self, node: str, ofport: int) -> int:
+        """Packets br-int received on ``ofport`` (``ovs-ofctl dump-ports``)."""
+        m = re.search(r"rx pkts=(\d+)", self.ofctl(node, "dump-ports", "br-int", str(ofport)))
+        assert m, f"no rx counter for port {ofport} on {node}"
+        return int(m.group(1))
+
+    # -- sniffers --------------------------------------------------------------------------
+
+    def _files(self, tag: str) -> tuple[Path, Path]:
+        self.probe_dir.mkdir(parents=True, exist_ok=True)
+        base = self.probe_dir / f"{tag}-{uuid.uuid4().hex[:6]}"
+        return base.with_suffix(".ready"), base.with_suffix(".status")
+
+    def sniff(self, where: Pod | str, ifaces: list[str], matches: list[bytes],
+              duration: float = 120.0) -> Receiver:
+        """``mcattack sniff`` in a pod or external host (a Pod) or a lab namespace (its name),
+        counting frames on ``ifaces`` (both directions) that contain one of ``matches``."""
+        label = where.name if isinstance(where, Pod) else where
+        ready, status = self._files(f"sniff-{label}")
+        args = ["sniff", "--hex", "--outgoing", "--duration", str(duration), "--ready",
+                str(ready), "--status", str(status)]
+        args += [a for i in ifaces for a in ("--iface", i)]
+        args += [a for m in matches for a in ("--match", m.hex())]
+        if isinstance(where, Pod):
+            proc = self.popen(where, PYTHON, MCATTACK, *args)
+            pod = where
+        else:
+            proc = netns.popen(where, [PYTHON, MCATTACK, *args], stdin=subprocess.DEVNULL,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            _PROCS.append(proc)
+            pod = Pod(where, "-", "", "-")
+        return Receiver("sniff", pod, "-", 0, proc, ready, status)
+
+
+class Tcpdump:
+    """``tcpdump -Q in -n -l EXPR`` on a host's eth0: the packets it received, as lines."""
+
+    def __init__(self, lab: HostileLab, host: Pod, expr: str, seconds: int = 60) -> None:
+        self.host = host
+        self.proc = lab.popen(host, "timeout", str(seconds), "tcpdump", "-i", "eth0", "-Q", "in",
+                              "-n", "-l", expr)
+        self.lines: list[str] = []
+        self.err: list[str] = []
+        for stream, into in ((self.proc.stdout, self.lines), (self.proc.stderr, self.err)):
+            threading.Thread(target=self._read, args=(stream, into), daemon=True).start()
+
+    @staticmethod
+    def _read(stream: Any, into: list[str]) -> None:
+        for line in stream:
+            into.append(line.rstrip("\n"))
+
+    def wait_listening(self, timeout: float = 10.0) -> Tcpdump:
+        def listening() -> bool:
+            if self.proc.poll() is not None:
+                pytest.fail(f"tcpdump in {self.host.name} exited {self.proc.returncode}: "
+                            f"{self.err}", pytrace=False)
+            return any("listening on" in e for e in self.err)
+
+        wait_for(listening, timeout, f"tcpdump in {self.host.name} to listen")
+        return self
+
+    def stop(self) -> list[str]:
+        self.proc.terminate()
+        self.proc.wait(timeout=10)
+        time.sleep(0.2)  # the reader threads drain the pipes
+        return list(self.lines)
+
+
+DROPPED_METRIC = "kube_mcast_pod_dropped_packets_total"
+
+
+def pod_drops(lab: HostileLab, node: str, pod: Pod) -> dict[str, dict[str, float]]:
+    """The per-pod drop counters the agent shows for ``pod``, by where they are shown:
+    ``{"mcctl": the "dropped" object of its ``mcctl get podmulticaststats -o json`` row,
+    "metrics": {reason: the DROPPED_METRIC sample labelled with it}}``."""
+    found: dict[str, dict[str, float]] = {"mcctl": {}, "metrics": {}}
+    for row in lab.mcctl_json(node, "podmulticaststats"):
+        if (row.get("namespace"), row.get("name")) == (pod.namespace, pod.name):
+            found["mcctl"] = {k: float(v) for k, v in row.get("dropped", {}).items()}
+    for line in lab.metrics(node).splitlines():
+        m = re.match(rf"{DROPPED_METRIC}\{{(.*)\}} (\S+)$", line)
+        if m and f'pod="{pod.name}"' in m.group(1) and f'namespace="{pod.namespace}"' in m.group(1):
+            reason = re.search(r'reason="(\w+)"', m.group(1))
+            found["metrics"][reason.group(1) if reason else "?"] = float(m.group(2))
+    return found
+
+
+class LabMaker:
+    """``maker(nodes=1, query_interval="10s")``: a fresh encap lab for one test; ``close()``
+    takes every lab it made down (and checks that nothing is left), pass or fail."""
+
+    def __init__(self) -> None:
+        self.made: list[HostileLab] = []
+
+    def __call__(self, nodes: int = 1, query_interval: str = "10s") -> HostileLab:
+        lab_dir, prefix = fresh_lab()
+        why = foreign_lab(prefix)
+        if why:
+            pytest.fail(why, pytrace=False)
+        lab = HostileLab(lab_dir, prefix, nodes, "encap", query_interval)
+        self.made.append(lab)  # from here on, close() runs mclab down
+        lab.mclab("up", "--nodes", str(nodes), "--mode", "encap", "--query-interval",
+                  query_interval, timeout=UP_TIMEOUT)
+        return lab
+
+    def close(self) -> None:
+        reap_processes()  # the test's probes go first, as conftest's _reap_probes would do
+        while self.made:
+            _teardown(self.made.pop())
