@@ -500,3 +500,24 @@ def test_an_idle_core_never_asks_the_timer_loop_to_spin(env) -> None:
     for _ in range(5):
         agent.tick()
     assert len(woken) == 1 and agent.next_deadline() > clock.now
+
+
+def test_a_stable_membership_costs_no_flow_work(env, monkeypatch) -> None:
+    """Refresh reports and timer ticks of an unchanged membership rebuild no group and send
+    no op to the switch."""
+    from agent.multicast import forwarding
+
+    agent, switch, clock, (p1, p2, *_), _ = env
+    join_v3(agent, p2, G)
+    built, applied = [], []
+    real_state, real_apply = forwarding.group_state, switch.apply
+    monkeypatch.setattr(forwarding, "group_state", lambda *a: built.append(a) or real_state(*a))
+    monkeypatch.setattr(switch, "apply", lambda ops: applied.append(ops) or real_apply(ops))
+    for _ in range(20):  # each member re-reports, as pods do at every query
+        join_v3(agent, p2, G, RecordType.IS_EX)
+        frame = build_v2_report(G, p2.ip, p2.mac)
+        agent.handle_packet_in(PI(p2.ofport, bytes([PuntReason.IGMP_POD]), frame))
+        clock.now += 1
+        agent.tick()
+    assert built == [] and applied == []
+    assert send(switch, p1, G) == [p2.ofport, UPLINK]
