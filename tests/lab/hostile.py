@@ -1,16 +1,18 @@
-"""The lab side of issue 11's hostile-pod tests: a lab with external hosts, the agent's CPU and
-memory read from /proc, its metrics, and sniffers in pods, node and underlay namespaces.
+"""The lab side of issue 11's hostile-pod tests: a lab with external hosts, the agent's process
+and metrics, and sniffers in pods, node and underlay namespaces.
 
-``tests/lab/test_hostile.py`` holds the tests; this module owns what they measure with. Each
-test builds its own lab (``make_lab``; ``mclab up`` takes about 2 s), so one attack's
-leftovers (memberships, a busy agent, a fat heap) never become the next test's baseline. The
-attacks themselves are ``tools/mcattack.py``, run inside pods like ``tools/mcprobe.py``.
+``tests/lab/test_hostile.py`` holds the tests; this module owns the lab they measure in. The
+agent's CPU share, idle time and RSS are read with ``tools.bench.common`` and the per-pod drop
+counters parsed with ``tools.bench.hostile``: the bench's ``hostile`` section measures the same
+figures with the same code. Each test builds its own lab (``make_lab``; ``mclab up`` takes
+about 2 s), so one attack's leftovers (memberships, a busy agent, a fat heap) never become the
+next test's baseline. The attacks themselves are ``tools/mcattack.py``, run inside pods like
+``tools/mcprobe.py``.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
 import threading
@@ -38,77 +40,17 @@ from conftest import (
     wait_for,
 )
 
+from tools.bench.hostile import mcctl_dropped, metric_dropped
 from tools.mclab import netns
 
 MCATTACK = str(REPO / "tools" / "mcattack.py")
 EXTERNAL = ""  # Pod.namespace of an external host: `mclab exec NAME` takes no -n for it
-CLK_TCK = os.sysconf("SC_CLK_TCK")
-IDLE_CORE = 0.05  # "idle": under 5 % of one core over a one-second window
 METRICS_URL = "http://127.0.0.1:9464/metrics"
 
 
 def figure(text: str) -> None:
     """A measured figure, for the closing note (``pytest -s`` or ``-rP`` shows it)."""
     print(f"FIGURE {text}", flush=True)
-
-
-# ---------------------------------------------------------------------------- the agent
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of ``pid``, all its threads (``/proc/PID/stat`` fields 14, 15)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
-
-
-def memory_mb(pid: int) -> dict[str, float]:
-    """``VmRSS`` and ``VmHWM`` (peak RSS) of ``pid`` in MB."""
-    out = {}
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        key, _, value = line.partition(":")
-        if key in ("VmRSS", "VmHWM"):
-            out[key] = int(value.split()[0]) / 1024
-    return out
-
-
-class CpuMeter:
-    """The CPU share of one process (in cores) between two readings."""
-
-    def __init__(self, pid: int) -> None:
-        self.pid = pid
-        self.restart()
-
-    def restart(self) -> None:
-        self._cpu, self._at = cpu_seconds(self.pid), time.monotonic()
-
-    def cores(self) -> float:
-        return (cpu_seconds(self.pid) - self._cpu) / max(time.monotonic() - self._at, 1e-6)
-
-
-def idle_after(pid: int, limit_s: float, window_s: float = 1.0,
-               step_s: float = 0.25) -> tuple[float | None, list[float]]:
-    """Watch ``pid`` from now: (seconds until the end of the first ``window_s`` window in
-    which it used under IDLE_CORE of a core, or None within ``limit_s``; the CPU share of each
-    whole second watched, for the figure)."""
-    start = time.monotonic()
-    samples = [(start, cpu_seconds(pid))]
-    while (now := time.monotonic()) - start < limit_s:
-        time.sleep(step_s)
-        now = time.monotonic()
-        samples.append((now, cpu_seconds(pid)))
-        old = [s for s in samples if s[0] <= now - window_s + 1e-3]
-        if old and (samples[-1][1] - old[-1][1]) / (now - old[-1][0]) < IDLE_CORE:
-            return now - start, _per_second(samples)
-    return None, _per_second(samples)
-
-
-def _per_second(samples: list[tuple[float, float]]) -> list[float]:
-    out, mark = [], samples[0]
-    for s in samples:
-        if s[0] - mark[0] >= 1.0 - 1e-3:
-            out.append(round((s[1] - mark[1]) / (s[0] - mark[0]), 3))
-            mark = s
-    return out
 
 
 # ---------------------------------------------------------------------------- the lab
@@ -240,16 +182,10 @@ def pod_drops(lab: HostileLab, node: str, pod: Pod) -> dict[str, dict[str, float
     """The per-pod drop counters the agent shows for ``pod``, by where they are shown:
     ``{"mcctl": the "dropped" object of its ``mcctl get podmulticaststats -o json`` row,
     "metrics": {reason: the DROPPED_METRIC sample labelled with it}}``."""
-    found: dict[str, dict[str, float]] = {"mcctl": {}, "metrics": {}}
-    for row in lab.mcctl_json(node, "podmulticaststats"):
-        if (row.get("namespace"), row.get("name")) == (pod.namespace, pod.name):
-            found["mcctl"] = {k: float(v) for k, v in row.get("dropped", {}).items()}
-    for line in lab.metrics(node).splitlines():
-        m = re.match(rf"{DROPPED_METRIC}\{{(.*)\}} (\S+)$", line)
-        if m and f'pod="{pod.name}"' in m.group(1) and f'namespace="{pod.namespace}"' in m.group(1):
-            reason = re.search(r'reason="(\w+)"', m.group(1))
-            found["metrics"][reason.group(1) if reason else "?"] = float(m.group(2))
-    return found
+    return {"mcctl": mcctl_dropped(lab.mcctl_json(node, "podmulticaststats"), pod.namespace,
+                                   pod.name),
+            "metrics": metric_dropped(lab.metrics(node), DROPPED_METRIC, pod.namespace,
+                                      pod.name)}
 
 
 class LabMaker:

@@ -22,23 +22,21 @@ from __future__ import annotations
 import json
 import re
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import pytest
 from conftest import MCPROBE, PYTHON, Pod, Receiver, quiet
 from hostile import (
     DROPPED_METRIC,
     MCATTACK,
-    CpuMeter,
     HostileLab,
     LabMaker,
     Tcpdump,
     figure,
-    idle_after,
-    memory_mb,
     pod_drops,
 )
 
+from tools.bench.common import CpuMeter, idle_after, memory_mb, seconds_until
 from tools.mclab import netns
 
 pytestmark = pytest.mark.lab
@@ -75,16 +73,6 @@ def _first_ms(rx: Receiver, timeout: float) -> float | None:
         return None
     first = json.loads(rx.status_file.read_text())["first_ms"]
     return None if first is None else float(first)
-
-
-def _within(cond: Callable[[], bool], timeout: float) -> float | None:
-    """Seconds until ``cond()`` held (polled every 0.5 s), or None if not within ``timeout``."""
-    start = time.monotonic()
-    while not cond():
-        if time.monotonic() - start >= timeout:
-            return None
-        time.sleep(0.5)
-    return round(time.monotonic() - start, 1)
 
 
 def _settle(rx: Receiver, want: int, timeout: float = 5.0) -> int:
@@ -168,8 +156,8 @@ def test_igmpv3_burst_leaves_agent_idle_and_memory_back(make_lab: LabMaker) -> N
     idle_s, per_second = idle_after(pid, limit_s=IDLE_BOUND_S + 3)
     held = sum(attacker.ref in pods for pods in lab.members().values())
 
-    expired_s = _within(lambda: not any(attacker.ref in p for p in lab.members().values()),
-                        EXPIRY_BOUND_S)
+    expired_s = seconds_until(
+        lambda: not any(attacker.ref in p for p in lab.members().values()), EXPIRY_BOUND_S)
     deadline = time.monotonic() + 10.0
     while (after := memory_mb(pid))["VmRSS"] - before["VmRSS"] > RSS_BOUND_MB \
             and time.monotonic() < deadline:

@@ -1,15 +1,16 @@
 """tools.bench: the quick benchmark runs end to end and reports every figure; its parsers work.
 
 The lab test runs ``python -m tools.bench --quick`` for real (private OVS, 1- and 3-node
-mclab labs, the anchors' OVS-snooping and Linux-bridge beds, all under the benchmark's own
-prefix) and checks the results file's SHAPE: every section is there, without errors, with
-numbers where figures belong, with the counts that prove the work happened (groups on the
-switch, datagrams delivered), every ratio to an anchor with both raw figures, and the plots
-written. Speed itself is never asserted here, nor whether a target is met: the figures are
-the benchmark's output, not a test verdict.
+mclab labs, the anchors' OVS-snooping and Linux-bridge beds, the hostile section's 1-node
+labs, all under the benchmark's own prefix) and checks the results file's SHAPE: every
+section is there, without errors, with numbers where figures belong, with the counts that
+prove the work happened (groups on the switch, datagrams delivered, attacks sent), every
+ratio to an anchor with both raw figures, and the plots written. Speed itself is never
+asserted here, nor whether a target is met: the figures are the benchmark's output, not a
+test verdict.
 
-The other tests feed the parsers (pcap/OpenFlow, tcpdump text, OVS stats, snooping tables)
-canned input, and the ratios and plots a made-up results file.
+The other tests feed the parsers (pcap/OpenFlow, tcpdump text, OVS stats, snooping tables,
+per-pod drop counters) canned input, and the ratios and plots a made-up results file.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from typing import Any
 
 import pytest
 
-from tools.bench import baselines, common, joinlat, plots, ratios, throughput
+from tools.bench import baselines, common, hostile, joinlat, plots, ratios, throughput
 from tools.mclab import netns
 
 REPO = Path(__file__).resolve().parents[2]
@@ -51,12 +52,14 @@ def test_quick_bench_reports_every_section(tmp_path: Path) -> None:
                          cwd=REPO, capture_output=True, text=True, timeout=380)
     assert res.returncode == 0, f"stdout:\n{res.stdout}\nstderr:\n{res.stderr[-3000:]}"
     assert "[1] programming rate" in res.stdout and "[4] agent scale" in res.stdout
-    assert "[5] anchors" in res.stdout and "[ratios]" in res.stdout
+    assert "[5] anchors" in res.stdout and "[6] hostile" in res.stdout
+    assert "[ratios]" in res.stdout
     r = json.loads(out.read_text())
     tag = r["meta"]["run_tag"]
     assert not netns.list_netns(tag), "the benchmark left namespaces behind"
     assert not list(Path("/tmp").glob(f"{tag}-*")), "the benchmark left its lab dirs behind"
-    for key in ("programming", "join_latency", "throughput", "agent_scale", "baselines"):
+    for key in ("programming", "join_latency", "throughput", "agent_scale", "baselines",
+                "hostile"):
         assert key in r and "error" not in r[key], r.get(key, {}).get("error")
 
     prog = r["programming"]
@@ -122,6 +125,8 @@ def test_quick_bench_reports_every_section(tmp_path: Path) -> None:
         for p in points:
             assert _num(p, "delivered_total_pps") > 0
 
+    _hostile(r["hostile"])
+
     assert set(r["ratios"]) == set(ratios.KEYS)
     for key, e in r["ratios"].items():
         assert "missing" not in e, (key, e["missing"])
@@ -131,6 +136,49 @@ def test_quick_bench_reports_every_section(tmp_path: Path) -> None:
     assert set(r["plots"]) == set(plots.NAMES)
     for name in r["plots"].values():
         assert (out.parent / name).stat().st_size > 1000, name
+
+
+def _hostile(h: dict[str, Any]) -> None:
+    """Every issue-11 figure is there (a number, or null where "never" is the measurement)."""
+    for part in hostile.PARTS:
+        assert "error" not in h[part], (part, h[part].get("error"))
+    fl = h["flood"]
+    for k in ("sent", "sent_pps", "procs", "switch_rx_pps", "early_member_lost",
+              "early_member_sent", "agent_cpu_before_cores", "agent_cpu_during_cores",
+              "flooder_groups", "flooder_dropped_igmp_rate"):
+        _num(fl, k)
+    assert fl["sent"] > 0 and fl["early_member_sent"] > 0
+    for k in ("join_during_flood_ms", "idle_after_s"):  # null: not within the watched time
+        assert k in fl and (fl[k] is None or _num(fl, k) >= 0), k
+    assert isinstance(fl["agent_cpu_after_per_s"], list)
+    v3 = h["v3burst"]
+    for k in ("reports_sent", "records_per_report", "sources_per_record",
+              "agent_cpu_during_cores", "rss_mb_before", "rss_mb_after_burst",
+              "rss_mb_after_expiry", "attacker_groups"):
+        _num(v3, k)
+    assert v3["reports_sent"] > 0
+    for k in ("idle_after_s", "expired_after_s"):
+        assert k in v3 and (v3[k] is None or _num(v3, k) >= 0), k
+    sp = h["spoof"]
+    for k in ("forged_sent", "forged_delivered_total", "dropped_spoofed"):
+        _num(sp, k)
+    assert sp["forged_sent"] > 0
+    assert set(sp["forged_delivered"]) == set(sp["victim_honest_delivered"])
+    assert all(n > 0 for n in sp["victim_honest_delivered"].values()), (
+        "the control: the victim's own datagrams reach every receiver", sp)
+
+
+def test_drop_counters_are_found_for_the_pod_in_mcctl_rows_and_metrics() -> None:
+    rows = [{"namespace": "default", "name": "a", "dropped": {"spoofed": 1}},
+            {"namespace": "default", "name": "b", "dropped": {"spoofed": 7, "igmpRate": 3}}]
+    assert hostile.mcctl_dropped(rows, "default", "b") == {"spoofed": 7.0, "igmpRate": 3.0}
+    assert hostile.mcctl_dropped(rows, "other", "b") == {}
+    text = ('# TYPE m counter\n'
+            'm{namespace="default",pod="b",reason="spoofed"} 7\n'
+            'm{namespace="default",pod="a",reason="spoofed"} 1\n'
+            'm{namespace="default",pod="b",reason="igmp_rate"} 3.0\n')
+    assert hostile.metric_dropped(text, "m", "default", "b") == {"spoofed": 7.0,
+                                                                  "igmp_rate": 3.0}
 
 
 # ------------------------------------------------------------------------------ parsers

@@ -8,16 +8,19 @@ Sections, in the order they run:
    in a 3-node lab (encap);
 4. ``agent_scale``: agent RSS, idle CPU and API listing time as one pod joins many groups;
 5. ``baselines``: the same join latency and single-node delivery measured on OVS's own IGMP
-   snooping and on a Linux bridge with snooping (``baselines.py``).
+   snooping and on a Linux bridge with snooping (``baselines.py``);
+6. ``hostile``: issue 11's figures: a pod's IGMP flood, IGMPv3 burst and spoofed datagrams
+   against the agent and the other pods, on 1-node labs of its own (``hostile.py``).
 
 Sections 2, 3 (single node) and 4 share one ``mclab up --nodes 1`` lab; the anchors' beds come
-up after it is gone, and the cross-node part brings up a 3-node lab last. Every lab, bed and
-netns uses a prefix of this run's own (``kbx<hex>``), and is torn down whatever happens (also
-on Ctrl-C / SIGTERM). A section that fails is recorded as ``{"error": ...}`` and the run goes
-on; the exit status is then 1. At the end ``ratios`` (ours / anchor per figure of issue 12,
-``ratios.py``) is added to the results and the plots (``plots.py``) are written beside them.
-``--quick`` uses smaller sizes and shorter points (< 4 minutes in all); the figures are the
-same kind, only noisier.
+up after it is gone, then the cross-node part brings up a 3-node lab, and ``hostile`` its own
+1-node labs last (one after the other: an attack's leftovers never meet another section).
+Every lab, bed and netns uses a prefix of this run's own (``kbx<hex>``), and is torn down
+whatever happens (also on Ctrl-C / SIGTERM). A section that fails is recorded as
+``{"error": ...}`` and the run goes on; the exit status is then 1. At the end ``ratios``
+(ours / anchor per figure of issue 12, ``ratios.py``) is added to the results and the plots
+(``plots.py``) are written beside them. ``--quick`` uses smaller sizes and shorter points
+(< 4 minutes in all); the figures are the same kind, only noisier.
 """
 
 from __future__ import annotations
@@ -37,13 +40,23 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from tools.bench import baselines, joinlat, plots, programming, ratios, report, scale, throughput
+from tools.bench import (
+    baselines,
+    hostile,
+    joinlat,
+    plots,
+    programming,
+    ratios,
+    report,
+    scale,
+    throughput,
+)
 from tools.bench.lab import BenchLab
 
 log = logging.getLogger("tools.bench")
 
 DEFAULT_OUT = Path(__file__).with_name("results") / "latest.json"
-SECTIONS = ("programming", "join_latency", "throughput", "agent_scale", "baselines")
+SECTIONS = ("programming", "join_latency", "throughput", "agent_scale", "baselines", "hostile")
 
 
 @dataclass(frozen=True)
@@ -64,11 +77,19 @@ class Plan:
     tp_counts: tuple[int, ...] = (4, 8)
     tp_rates: tuple[int, ...] = (10_000, 20_000, 40_000)
     cross_rates: tuple[int, ...] = (10_000, 20_000)
+    flood_pps: int = 65_000
+    flood_s: float = 10.0
+    flood_join_after_s: float = 3.0
+    burst_reports: int = 3000
+    burst_query_interval: str = "5s"
+    spoof_per_kind: int = 100
 
 
 QUICK = Plan(prog_sizes=(250, 1000), prog_changes=20, join_reps=10, tp_duration_s=1.0,
              tp_reps=1, scale_groups=500, scale_entries=2000, scale_idle_s=1.5,
-             scale_timeout_s=60, scale_cycles=1, tp_control=False)
+             scale_timeout_s=60, scale_cycles=1, tp_control=False, flood_s=3.0,
+             flood_join_after_s=1.0, burst_reports=1000, burst_query_interval="3s",
+             spoof_per_kind=50)
 FULL = Plan(prog_sizes=(1000, 10_000), prog_changes=100, join_reps=30, tp_duration_s=3.0,
             tp_reps=3, scale_groups=1000, scale_entries=10_000, scale_idle_s=5.0,
             scale_timeout_s=300, scale_cycles=2, tp_control=True)
@@ -133,6 +154,10 @@ def _lab_sections(run: Run, results: dict[str, Any], wanted: set[str]) -> None:
         holder: dict[str, Any] = {}
         _guarded(run, holder, "cross_node", cross)
         results.setdefault("throughput", {})["cross_node"] = holder["cross_node"]
+    if "hostile" in wanted:
+        _guarded(run, results, "hostile", lambda: hostile.run(
+            run.tag, plan.flood_pps, plan.flood_s, plan.flood_join_after_s, plan.burst_reports,
+            plan.spoof_per_kind, plan.burst_query_interval))
 
 
 def run_all(plan: Plan, mode: str, wanted: set[str], settle_s: float = 0.0) -> dict[str, Any]:
@@ -164,6 +189,7 @@ def _errors(results: dict[str, Any]) -> list[str]:
     for bed, block in (results.get("baselines") or {}).items():
         if isinstance(block, dict) and "error" in block:
             found.append(f"baselines.{bed}")
+    found += hostile.errors(results.get("hostile") or {})
     if "error" in results.get("plots", {}):
         found.append("plots")
     return found

@@ -1,10 +1,10 @@
-"""Shared helpers of the benchmark: statistics, process figures from /proc, netns threads, waits.
+"""Shared helpers of the benchmark: statistics, process figures from /proc, waits.
 
-This module owns how figures are summarised (the same percentile rule everywhere), how a
-process's resident memory and CPU time are read, and the one trick that lets the benchmark
-process listen inside a node's network namespace without leaving its own: a short-lived thread
-enters the netns (``setns`` affects only the calling thread), creates the socket and exits; the
-socket stays in the namespace it was created in.
+This module owns how figures are summarised (the same percentile rule everywhere) and how a
+process's resident memory and CPU time are read: a CPU share over an interval (% or cores),
+when a busy process is back to idle (``idle_after``: under ``IDLE_CORE`` over a one-second
+window) and its RSS/peak RSS. The hostile-pod lab tests (``tests/lab/hostile.py``) measure the
+agent with these very functions, so their figures and the ``hostile`` section's agree.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from typing import TypeVar
 
 T = TypeVar("T")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+IDLE_CORE = 0.05  # "idle": under 5 % of one core over a one-second window
 
 
 class BenchError(RuntimeError):
@@ -107,11 +108,15 @@ def cpu_seconds(pid: int) -> float | None:
 
 
 class CpuMeter:
-    """CPU share of a process over an interval: ``m = CpuMeter(pid)``; later ``m.percent()``."""
+    """CPU share of a process over an interval: ``m = CpuMeter(pid)``; later ``m.percent()``
+    (% of one core, rounded) or ``m.cores()`` (cores, unrounded); ``restart()`` starts anew."""
 
     def __init__(self, pid: int) -> None:
         self.pid = pid
-        self.cpu0 = cpu_seconds(pid) or 0.0
+        self.restart()
+
+    def restart(self) -> None:
+        self.cpu0 = cpu_seconds(self.pid) or 0.0
         self.t0 = time.monotonic()
 
     def seconds(self) -> float:
@@ -121,6 +126,10 @@ class CpuMeter:
         wall = time.monotonic() - self.t0
         return round(100 * self.seconds() / wall, 1) if wall > 0 else 0.0
 
+    def cores(self) -> float:
+        wall = max(time.monotonic() - self.t0, 1e-6)
+        return ((cpu_seconds(self.pid) or 0.0) - self.cpu0) / wall
+
 
 def sample_cpu(pid: int, seconds: float) -> float:
     """CPU % of ``pid`` while it is left alone for ``seconds``."""
@@ -129,11 +138,50 @@ def sample_cpu(pid: int, seconds: float) -> float:
     return meter.percent()
 
 
-# ------------------------------------------------------------------------------ netns, waits
+def memory_mb(pid: int) -> dict[str, float]:
+    """``VmRSS`` and ``VmHWM`` (peak RSS) of ``pid`` in MB (missing keys if it is gone)."""
+    out = {}
+    for key in ("VmRSS", "VmHWM"):
+        kib = _status_field(pid, key)
+        if kib is not None:
+            out[key] = kib / 1024
+    return out
 
 
+def _cpu_or_fail(pid: int) -> float:
+    got = cpu_seconds(pid)
+    if got is None:
+        raise BenchError(f"process {pid} is gone")
+    return got
 
 
+def idle_after(pid: int, limit_s: float, window_s: float = 1.0,
+               step_s: float = 0.25) -> tuple[float | None, list[float]]:
+    """Watch ``pid`` from now: (seconds until the end of the first ``window_s`` window in
+    which it used under IDLE_CORE of a core, or None within ``limit_s``; the CPU share of each
+    whole second watched, in cores, for the figure)."""
+    start = time.monotonic()
+    samples = [(start, _cpu_or_fail(pid))]
+    while (now := time.monotonic()) - start < limit_s:
+        time.sleep(step_s)
+        now = time.monotonic()
+        samples.append((now, _cpu_or_fail(pid)))
+        old = [s for s in samples if s[0] <= now - window_s + 1e-3]
+        if old and (samples[-1][1] - old[-1][1]) / (now - old[-1][0]) < IDLE_CORE:
+            return now - start, _per_second(samples)
+    return None, _per_second(samples)
+
+
+def _per_second(samples: list[tuple[float, float]]) -> list[float]:
+    out, mark = [], samples[0]
+    for s in samples:
+        if s[0] - mark[0] >= 1.0 - 1e-3:
+            out.append(round((s[1] - mark[1]) / (s[0] - mark[0]), 3))
+            mark = s
+    return out
+
+
+# ------------------------------------------------------------------------------ waits
 
 
 def wait_for(check: Callable[[], T | None], timeout: float, what: str,
@@ -147,6 +195,18 @@ def wait_for(check: Callable[[], T | None], timeout: float, what: str,
         if time.monotonic() >= deadline:
             raise BenchError(f"timed out after {timeout:.0f}s waiting for {what}")
         time.sleep(interval)
+
+
+def seconds_until(cond: Callable[[], bool], timeout: float,
+                  interval: float = 0.5) -> float | None:
+    """Seconds until ``cond()`` held (polled every ``interval``), or None if not within
+    ``timeout``."""
+    start = time.monotonic()
+    while not cond():
+        if time.monotonic() - start >= timeout:
+            return None
+        time.sleep(interval)
+    return round(time.monotonic() - start, 1)
 
 
 def ms(seconds: float | None, digits: int = 3) -> float | None:

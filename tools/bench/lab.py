@@ -90,13 +90,17 @@ class PodProcs:
 
 
 class BenchLab(PodProcs):
-    """``with BenchLab(tag, nodes) as lab:`` brings a lab up and always takes it down."""
+    """``with BenchLab(tag, nodes) as lab:`` brings a lab up and always takes it down.
 
-    def __init__(self, tag: str, nodes: int) -> None:
+    ``label`` tells apart labs of one run that may exist one after the other (the hostile
+    section's); ``query_interval`` is the agents' (mclab's default when empty)."""
+
+    def __init__(self, tag: str, nodes: int, label: str = "", query_interval: str = "") -> None:
         super().__init__()
         self.nodes = nodes
-        self.prefix = f"kbx{tag}n{nodes}-"
-        self.dir = Path(f"/tmp/kbx{tag}-lab{nodes}")
+        self.query_interval = query_interval
+        self.prefix = f"kbx{tag}{label}n{nodes}-"
+        self.dir = Path(f"/tmp/kbx{tag}-{label}lab{nodes}")
         self.env = {**os.environ, "MCLAB_PREFIX": self.prefix, "MCLAB_DIR": str(self.dir)}
         self.pods: dict[str, Pod] = {}
         self.up_s = 0.0
@@ -108,7 +112,9 @@ class BenchLab(PodProcs):
             raise BenchError(f"a lab with prefix {self.prefix} or dir {self.dir} exists already")
         try:
             with Stopwatch() as t:
-                self.mclab("up", "--nodes", str(self.nodes))
+                self.mclab("up", "--nodes", str(self.nodes),
+                           *(["--query-interval", self.query_interval]
+                             if self.query_interval else []))
             self.up_s = round(t.s, 2)
         except BaseException:
             self.down()
@@ -182,6 +188,16 @@ class BenchLab(PodProcs):
 
     def node_ip(self, node: str) -> str:
         return str(self.node_state(node)["ip"])
+
+    def mcctl_json(self, node: str, *args: str) -> Any:
+        """``mcctl --node NODE get ARGS -o json`` against this lab, parsed."""
+        res = subprocess.run([MCCTL, "--node", node, "get", *args, "-o", "json"], env=self.env,
+                             capture_output=True, text=True, timeout=CLI_TIMEOUT,
+                             stdin=subprocess.DEVNULL)
+        if res.returncode != 0:
+            raise BenchError(f"mcctl get {' '.join(args)} exited {res.returncode}: "
+                             f"{res.stderr.strip()}")
+        return json.loads(res.stdout)
 
     # -- pods -------------------------------------------------------------------------------
 

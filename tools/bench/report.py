@@ -216,6 +216,39 @@ def _baselines(sec: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _hostile(sec: dict[str, Any]) -> list[str]:
+    lines = ["[6] hostile pod (issue 11), 1-node labs of its own"]
+    sp, fl, v3 = (sec.get(k, {}) for k in ("spoof", "flood", "v3burst"))
+    for name, part in (("spoof", sp), ("flood", fl), ("v3 burst", v3)):
+        if "error" in part:
+            lines.append(f"    {name}: ERROR {part['error']}")
+    if "error" not in fl and fl:
+        lines += [
+            f"    IGMP flood {fl['sent_pps']} reports/s ({fl['procs']} processes, "
+            f"{fl['duration_s']} s; br-int got {fl['switch_rx_pps']}/s): join during it -> first "
+            f"datagram {fl['join_during_flood_ms']} ms; early member lost "
+            f"{fl['early_member_lost']} of {fl['early_member_sent']}",
+            f"      agent CPU {fl['agent_cpu_before_cores']} cores before, "
+            f"{fl['agent_cpu_during_cores']} during, idle {fl['idle_after_s']} s after; flooder "
+            f"holds {fl['flooder_groups']} groups, meter dropped "
+            f"{fl['flooder_dropped_igmp_rate']} (igmpRate)"]
+    if "error" not in v3 and v3:
+        lines += [
+            f"    IGMPv3 burst {v3['reports_sent']} reports ({v3['records_per_report']} records x "
+            f"{v3['sources_per_record']} sources): agent CPU {v3['agent_cpu_during_cores']} "
+            f"cores during, idle {v3['idle_after_s']} s after",
+            f"      RSS {v3['rss_mb_before']} MB before, {v3['rss_mb_after_burst']} after the "
+            f"burst, {v3['rss_mb_after_expiry']} after its {v3['attacker_groups']} groups expired"
+            f" ({v3['expired_after_s']} s later, query interval {v3['query_interval']})"]
+    if "error" not in sp and sp:
+        lines.append(
+            f"    spoofing: {sp['forged_sent']} forged datagrams, delivered "
+            f"{sp['forged_delivered_total']} {sp['forged_delivered']}; dropped.spoofed "
+            f"{sp['dropped_spoofed']}; attacker's honest ones delivered "
+            f"{sp['attacker_honest_delivered']} of {sp['honest_sent']}")
+    return lines
+
+
 def summary_lines(results: dict[str, Any]) -> list[str]:
     meta = results.get("meta", {})
     host = _g(meta, "environment", "host", default={})
@@ -226,7 +259,7 @@ def summary_lines(results: dict[str, Any]) -> list[str]:
              "other ovs-vswitchd running"]
     for key, fmt in (("programming", _programming), ("join_latency", _join),
                      ("throughput", _throughput), ("agent_scale", _scale),
-                     ("baselines", _baselines)):
+                     ("baselines", _baselines), ("hostile", _hostile)):
         sec = results.get(key)
         if sec is None:
             continue
