@@ -249,6 +249,14 @@ def _group_match(group: str) -> re.Pattern[str]:
     return re.compile(r"nw_dst=" + re.escape(group) + r"(?![\d/])")
 
 
+EXTERNAL = ""  # Pod.namespace of an external host: `mclab exec NAME` takes no -n for it
+
+
+def figure(text: str) -> None:
+    """A measured figure, for the closing note (``pytest -rP`` or ``-s`` prints it)."""
+    print(f"FIGURE {text}", flush=True)
+
+
 class Lab:
     """One running lab (``mclab up`` done), driven through the real CLIs."""
 
@@ -306,15 +314,23 @@ class Lab:
     def delete_pod(self, pod: Pod) -> None:
         self.mclab("pod", "delete", pod.name, "-n", pod.namespace)
 
+    def create_external(self, name: str) -> Pod:
+        """A host on the underlay, outside the cluster; usable wherever a pod is."""
+        ip = self.mclab("external", "create", name).stdout.strip().splitlines()[-1]
+        return Pod(name, "external", ip, EXTERNAL)
+
+    @staticmethod
+    def _target(pod: Pod) -> list[str]:
+        return [pod.name] if pod.namespace == EXTERNAL else [pod.name, "-n", pod.namespace]
+
     def exec(self, pod: Pod, *cmd: str, check: bool = True,
              timeout: float = CLI_TIMEOUT) -> subprocess.CompletedProcess[str]:
         """``mclab exec POD -- CMD``; fails the test on a non-zero exit if ``check``."""
-        return self.mclab("exec", pod.name, "-n", pod.namespace, "--", *cmd,
-                          check=check, timeout=timeout)
+        return self.mclab("exec", *self._target(pod), "--", *cmd, check=check, timeout=timeout)
 
     def popen(self, pod: Pod, *cmd: str) -> subprocess.Popen[str]:
         """Start ``mclab exec POD -- CMD`` in the background (reaped after the test)."""
-        proc = subprocess.Popen([MCLAB, "exec", pod.name, "-n", pod.namespace, "--", *cmd],
+        proc = subprocess.Popen([MCLAB, "exec", *self._target(pod), "--", *cmd],
                                 env=self.env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True)
         _PROCS.append(proc)

@@ -26,7 +26,6 @@ import pytest
 from conftest import (
     _PROCS,
     CLI_TIMEOUT,
-    MCLAB,
     PYTHON,
     REPO,
     UP_TIMEOUT,
@@ -44,39 +43,15 @@ from tools.bench.hostile import mcctl_dropped, metric_dropped
 from tools.mclab import netns
 
 MCATTACK = str(REPO / "tools" / "mcattack.py")
-EXTERNAL = ""  # Pod.namespace of an external host: `mclab exec NAME` takes no -n for it
 METRICS_URL = "http://127.0.0.1:9464/metrics"
 
-
-def figure(text: str) -> None:
-    """A measured figure, for the closing note (``pytest -s`` or ``-rP`` shows it)."""
-    print(f"FIGURE {text}", flush=True)
 
 
 # ---------------------------------------------------------------------------- the lab
 
 
 class HostileLab(Lab):
-    """``Lab`` with external hosts, the agent's process, its metrics and namespace sniffers."""
-
-    def create_external(self, name: str) -> Pod:
-        ip = self.mclab("external", "create", name).stdout.strip().splitlines()[-1]
-        return Pod(name, "external", ip, EXTERNAL)
-
-    @staticmethod
-    def _target(pod: Pod) -> list[str]:
-        return [pod.name] if pod.namespace == EXTERNAL else [pod.name, "-n", pod.namespace]
-
-    def exec(self, pod: Pod, *cmd: str, check: bool = True,
-             timeout: float = CLI_TIMEOUT) -> subprocess.CompletedProcess[str]:
-        return self.mclab("exec", *self._target(pod), "--", *cmd, check=check, timeout=timeout)
-
-    def popen(self, pod: Pod, *cmd: str) -> subprocess.Popen[str]:
-        proc = subprocess.Popen([MCLAB, "exec", *self._target(pod), "--", *cmd],
-                                env=self.env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True)
-        _PROCS.append(proc)  # reaped after the test by conftest's autouse fixture
-        return proc
+    """``Lab`` with attacks, the agent's process, its metrics and namespace sniffers."""
 
     def attack(self, pod: Pod, *args: str, timeout: float = CLI_TIMEOUT) -> dict[str, Any]:
         """``mcattack ARGS`` in ``pod``, to its end; its JSON result."""

@@ -25,14 +25,13 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from conftest import MCPROBE, PYTHON, Pod, Receiver, quiet
+from conftest import MCPROBE, PYTHON, Pod, Receiver, figure, quiet
 from hostile import (
     DROPPED_METRIC,
     MCATTACK,
     HostileLab,
     LabMaker,
     Tcpdump,
-    figure,
     pod_drops,
 )
 

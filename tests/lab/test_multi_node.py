@@ -30,14 +30,12 @@ from pathlib import Path
 
 import pytest
 from conftest import (
-    _PROCS,
-    CLI_TIMEOUT,
-    MCLAB,
     PYTHON,
     Lab,
     Pod,
     Receiver,
     _teardown,
+    figure,
     foreign_lab,
     fresh_lab,
     quiet,
@@ -64,41 +62,17 @@ QUIET_S = 1.0  # after the expected count arrived: how long we watch for extra c
 LEAVE_BOUND_S = 5.0  # local group-specific query (~2 s) + agent-to-agent TO_IN{}
 MANY = 1000
 
-EXTERNAL = ""  # Pod.namespace of an external host: `mclab exec NAME` takes no -n for it
 
 assert Lab.__module__ == "conftest" and Path(Lab.__init__.__code__.co_filename).parent == HERE, (
     "imported the wrong conftest module")
 
-
-def figure(text: str) -> None:
-    """A measured figure, for the report (``pytest -rP`` or ``-s`` prints it)."""
-    print(f"FIGURE {text}", flush=True)
 
 
 # ---------------------------------------------------------------------------- the lab
 
 
 class MultiLab(Lab):
-    """``Lab`` with external hosts usable wherever a pod is (exec, receivers, senders)."""
-
-    def create_external(self, name: str) -> Pod:
-        ip = self.mclab("external", "create", name).stdout.strip().splitlines()[-1]
-        return Pod(name, "external", ip, EXTERNAL)
-
-    @staticmethod
-    def _target(pod: Pod) -> list[str]:
-        return [pod.name] if pod.namespace == EXTERNAL else [pod.name, "-n", pod.namespace]
-
-    def exec(self, pod: Pod, *cmd: str, check: bool = True,
-             timeout: float = CLI_TIMEOUT) -> subprocess.CompletedProcess[str]:
-        return self.mclab("exec", *self._target(pod), "--", *cmd, check=check, timeout=timeout)
-
-    def popen(self, pod: Pod, *cmd: str) -> subprocess.Popen[str]:
-        proc = subprocess.Popen([MCLAB, "exec", *self._target(pod), "--", *cmd],
-                                env=self.env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True)
-        _PROCS.append(proc)  # reaped after the test by conftest's autouse fixture
-        return proc
+    """``Lab`` with what the cross-node tests ask of the agents (membership, debug dumps)."""
 
     # -- membership --------------------------------------------------------------------------
 
