@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from agent.api.client import AgentClient
 from tools.bench.common import BenchError, Stopwatch, wait_for
 from tools.mclab import netns
@@ -95,10 +97,12 @@ class BenchLab(PodProcs):
     ``label`` tells apart labs of one run that may exist one after the other (the hostile
     section's); ``query_interval`` is the agents' (mclab's default when empty)."""
 
-    def __init__(self, tag: str, nodes: int, label: str = "", query_interval: str = "") -> None:
+    def __init__(self, tag: str, nodes: int, label: str = "", query_interval: str = "",
+                 agent_config: dict[str, Any] | None = None) -> None:
         super().__init__()
         self.nodes = nodes
         self.query_interval = query_interval
+        self.agent_config = agent_config
         self.prefix = f"kbx{tag}{label}n{nodes}-"
         self.dir = Path(f"/tmp/kbx{tag}-{label}lab{nodes}")
         self.env = {**os.environ, "MCLAB_PREFIX": self.prefix, "MCLAB_DIR": str(self.dir)}
@@ -111,10 +115,16 @@ class BenchLab(PodProcs):
         if netns.list_netns(self.prefix) or self.dir.exists():
             raise BenchError(f"a lab with prefix {self.prefix} or dir {self.dir} exists already")
         try:
+            extra: list[str] = []
+            if self.agent_config:
+                self.dir.mkdir(parents=True, exist_ok=True)
+                path = self.dir / "agent-config.yaml"  # removed with the lab
+                path.write_text(yaml.safe_dump(self.agent_config))
+                extra = ["--agent-config", str(path)]
             with Stopwatch() as t:
                 self.mclab("up", "--nodes", str(self.nodes),
                            *(["--query-interval", self.query_interval]
-                             if self.query_interval else []))
+                             if self.query_interval else []), *extra)
             self.up_s = round(t.s, 2)
         except BaseException:
             self.down()

@@ -1,6 +1,6 @@
 """`mclab`: the command line of the local lab (kind-like, no Docker).
 
-    mclab up [--nodes N] [--mode encap|noencap] [--query-interval 10s]
+    mclab up [--nodes N] [--mode encap|noencap] [--query-interval 10s] [--agent-config FILE]
     mclab pod create NAME --node NODE [-n NAMESPACE] [--labels k=v,...]
     mclab pod delete NAME [-n NAMESPACE]
     mclab external create NAME | mclab external delete NAME
@@ -63,6 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--nodes", type=int, default=1)
     up.add_argument("--mode", type=_mode, default="encap")
     up.add_argument("--query-interval", type=_interval, default="125s")
+    up.add_argument("--agent-config", metavar="FILE",
+                    help="YAML merged into every node's agent config (e.g. multicast.limits)")
 
     pod = sub.add_parser("pod", help="create or delete a pod")
     pod_sub = pod.add_subparsers(dest="pod_cmd", required=True)
@@ -165,7 +167,8 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(levelname)s %(name)s: %(message)s")
     try:
         if args.cmd == "up":
-            lab = L.up(args.nodes, args.mode, args.query_interval)
+            extra = L.load_agent_config(args.agent_config) if args.agent_config else None
+            lab = L.up(args.nodes, args.mode, args.query_interval, extra)
             print(f"lab up: {len(lab.nodes)} node(s), mode {lab.mode}")
         elif args.cmd == "down":
             L.down()

@@ -16,6 +16,7 @@ import sys
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import yaml
 from pyroute2 import IPRoute
@@ -23,6 +24,7 @@ from pyroute2 import IPRoute
 from agent.api.client import AgentClient
 from agent.api.types import ApiError
 from agent.cni.podnet import set_tx_checksum
+from agent.config import ConfigError, parse_config
 from tools.mclab import netns
 from tools.mclab import state as st
 from tools.mclab.ovsnode import OvsNode, pids_naming, require_ovs, terminate
@@ -103,8 +105,35 @@ def _agent_config(lab: st.LabState, node: st.NodeState, ovs: OvsNode) -> Path:
         "metricsPort": 9464,
     }
     path = Path(node.rundir) / "agent.yaml"
-    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    path.write_text(yaml.safe_dump(merged(cfg, lab.agent_config), sort_keys=False))
     return path
+
+
+def merged(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    """``base`` with ``extra`` laid over it, mapping by mapping."""
+    out = dict(base)
+    for key, value in extra.items():
+        old = out.get(key)
+        out[key] = merged(old, value) if isinstance(old, dict) and isinstance(value, dict) \
+            else value
+    return out
+
+
+def load_agent_config(path: str) -> dict[str, Any]:
+    """The ``--agent-config`` file: a YAML mapping, checked by the agent's own parser now
+    rather than by a node that fails to start."""
+    try:
+        extra = yaml.safe_load(Path(path).read_text()) or {}
+    except (OSError, yaml.YAMLError) as e:
+        raise LabError(f"--agent-config {path}: {e}") from None
+    if not isinstance(extra, dict):
+        raise LabError(f"--agent-config {path}: expected a YAML mapping")
+    sample = {"node": {"name": "check", "ip": "192.0.2.1"}}
+    try:
+        parse_config(merged(sample, extra))
+    except ConfigError as e:
+        raise LabError(f"--agent-config {path}: {e}") from None
+    return extra
 
 
 def start_agent(lab: st.LabState, node: st.NodeState) -> None:
@@ -169,13 +198,15 @@ def announce_nodes(lab: st.LabState) -> None:
 # ---------------------------------------------------------------------------- up / down
 
 
-def up(nodes: int, mode: str, query_interval: str) -> st.LabState:
+def up(nodes: int, mode: str, query_interval: str,
+       agent_config: dict[str, Any] | None = None) -> st.LabState:
     require_ovs()
     if st.load() is not None or netns.list_netns(st.netns_prefix()):
         raise LabError(f"a lab is already up (state in {st.lab_dir()}); run 'mclab down' first")
     if not 1 <= nodes <= 50:
         raise LabError(f"--nodes {nodes}: between 1 and 50")
-    lab = st.LabState(mode=mode, query_interval=query_interval)
+    lab = st.LabState(mode=mode, query_interval=query_interval,
+                      agent_config=agent_config or {})
     try:
         st.lab_dir().mkdir(parents=True, exist_ok=True)
         st.save(lab)

@@ -10,6 +10,7 @@ import json
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 UNDERLAY_BRIDGE = "br-ul"
 UNDERLAY_NET = "192.168.77"  # node i is .i, external host k is .(200+k)
@@ -77,6 +78,8 @@ class LabState:
     nodes: list[NodeState] = field(default_factory=list)
     pods: list[PodState] = field(default_factory=list)
     externals: list[ExternalState] = field(default_factory=list)
+    agent_config: dict[str, Any] = field(default_factory=dict)
+    """Merged into every node's agent config (``mclab up --agent-config FILE``)."""
 
     def node(self, name: str) -> NodeState:
         for n in self.nodes:
@@ -112,6 +115,7 @@ def load() -> LabState | None:
         nodes=[NodeState(**n) for n in raw["nodes"]],
         pods=[PodState(**p) for p in raw["pods"]],
         externals=[ExternalState(**e) for e in raw.get("externals", [])],
+        agent_config=raw.get("agent_config", {}),
     )
 
 
