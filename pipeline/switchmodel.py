@@ -247,10 +247,7 @@ class SwitchModel:
         if self._groups.pop(group_id, None) is None:
             return
         self._forget_group(group_id)
-        used = GroupAction(group_id)
-        for table in self._tables.values():
-            for key in [k for k, f in table.items() if used in f.actions]:
-                self._forget_flow(table.pop(key).key)
+        self._delete_flows_using(GroupAction(group_id))
 
     def add_meter(self, meter: Meter) -> None:
         if meter.meter_id in self._meters:
@@ -266,7 +263,9 @@ class SwitchModel:
         """Delete a meter and, as OVS does, every flow that passes packets through it."""
         if self._meters.pop(meter_id, None) is None:
             return
-        used = ApplyMeter(meter_id)
+        self._delete_flows_using(ApplyMeter(meter_id))
+
+    def _delete_flows_using(self, used: Action) -> None:
         for table in self._tables.values():
             for key in [k for k, f in table.items() if used in f.actions]:
                 self._forget_flow(table.pop(key).key)
