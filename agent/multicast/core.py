@@ -297,7 +297,7 @@ class MulticastCore:
         if not isinstance(msg, ReportV1 | ReportV2 | LeaveV2 | ReportV3):
             return "ignored"  # pods are hosts: their queries are not ours to act on
         cap = check_report(self.limits, msg, self.local.filters_of(pod.container_id),
-                           self._node_has_group, self._node_group_count())
+                           self._node_has_group, self._node_group_count)
         if cap is not None:
             self._refused(cap, pod)
             return "over_cap"
@@ -309,9 +309,8 @@ class MulticastCore:
 
     def _node_group_count(self) -> int:
         """Groups with a member anywhere (the node's cap counts each once)."""
-        if not self.remote.group_count():
-            return self.local.group_count()
-        return len(self.local.groups() | self.remote.groups())
+        return self.local.group_count() + sum(
+            1 for g in self.remote.groups() if not self.local.has_group(g))
 
     def _refused(self, cap: Cap, pod: PodInfo) -> None:
         """Count a refusal; log it at most once per interval per cap, with how many were not."""

@@ -71,11 +71,12 @@ def _records(msg: Report) -> list[tuple[str, RecordType, tuple[str, ...]]]:
 
 
 def check_report(limits: Limits, msg: Report, held: Mapping[str, SourceFilter],
-                 node_has: Callable[[str], bool], node_groups: int) -> Cap | None:
+                 node_has: Callable[[str], bool], node_groups: Callable[[], int]) -> Cap | None:
     """The cap ``msg`` from a member holding ``held`` would break (None: take it).
 
     ``node_has`` answers whether the node already has a group (any member, local or remote),
-    ``node_groups`` is how many it has.
+    ``node_groups`` counts them; it is called only for a report that brings new groups, so
+    refreshes, the bulk of reports, cost nothing proportional to the node's groups.
     """
     records = _records(msg)
     if len(records) > limits.records_per_report:
@@ -98,6 +99,6 @@ def check_report(limits: Limits, msg: Report, held: Mapping[str, SourceFilter],
     if sources_after > max(limits.sources_per_pod, sources_now):
         return Cap.SOURCES_PER_POD
     new_groups = sum(1 for g, f in after.items() if f is not None and not node_has(g))
-    if new_groups and node_groups + new_groups > limits.groups_per_node:
+    if new_groups and node_groups() + new_groups > limits.groups_per_node:
         return Cap.GROUPS_PER_NODE
     return None

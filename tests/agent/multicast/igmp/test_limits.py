@@ -16,7 +16,7 @@ def _v3(*records: tuple[RecordType, str, tuple[str, ...]]) -> ReportV3:
 
 def _check(msg, held=None, node: set[str] | None = None) -> Cap | None:
     node = node if node is not None else set(held or {})
-    return check_report(L, msg, held or {}, node.__contains__, len(node))
+    return check_report(L, msg, held or {}, node.__contains__, lambda: len(node))
 
 
 def test_report_shape_caps() -> None:
