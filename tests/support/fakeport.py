@@ -1,4 +1,5 @@
-"""The agent's switch port (``agent.flowsync.switch.Switch``) over the fake OpenFlow table.
+"""The agent's switch port (``agent.flowsync.switch.Switch``) over the fake OpenFlow table, and
+the OVSDB pod-ports side, for tests of the core and the API.
 
 Tests of the agent's core and API run their flows on ``pipeline.fake_table`` (checked against
 real OVS in tests/pipeline/test_fake_vs_ovs.py) and ask where packets go; packet-outs are
@@ -10,10 +11,27 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from agent.flowsync.switch import CookieDelete, FlowStats, SwitchOp
+from agent.interfacestore import PodAttach
 from agent.multicast.igmp.packets import parse_frame
 from pipeline.fake_table import FakeSwitch
 from pipeline.layout import multicast_pipeline
 from pipeline.model import Action, SwitchState
+
+
+class Ports:
+    """The OVSDB side of pod attachment: ofports 1, 2, ... in attach order."""
+
+    def __init__(self) -> None:
+        self.attached: dict[str, int] = {}
+        self._next = 1
+
+    def add_pod_port(self, pod: PodAttach) -> int:
+        self.attached[pod.host_ifname] = self._next
+        self._next += 1
+        return self.attached[pod.host_ifname]
+
+    def del_port(self, ifname: str) -> None:
+        self.attached.pop(ifname, None)
 
 
 class TableSwitch:

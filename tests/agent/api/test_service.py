@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from fakeport import TableSwitch
+from fakeport import Ports, TableSwitch
 
 from agent.api.client import AgentClient
 from agent.api.server import LocalApiServer
@@ -27,18 +27,6 @@ from pipeline.multicast import BridgeConfig, Mode
 from wire.nodes import NodeInfo
 
 NODE_IP, TUNNEL = "192.168.77.1", 65000
-
-
-class Ports:
-    def __init__(self) -> None:
-        self.n = 0
-
-    def add_pod_port(self, pod: PodAttach) -> int:
-        self.n += 1
-        return self.n
-
-    def del_port(self, ifname: str) -> None:
-        pass
 
 
 @pytest.fixture

@@ -7,10 +7,10 @@ time is a fake clock. Assertions are about where packets go and what the agent s
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import pytest
-from fakeport import TableSwitch
+from fakeport import Ports, TableSwitch
 
 from agent.api.service import AgentService
 from agent.config import parse_config
@@ -37,20 +37,6 @@ NODE_IP, NODE_MAC = "192.168.77.1", "02:77:00:00:00:01"
 NODE2, NODE3 = "192.168.77.2", "192.168.77.3"
 TUNNEL, UPLINK = 65000, 65001
 G, G2 = "239.1.1.1", "239.2.2.2"
-
-
-@dataclass
-class Ports:
-    """The OVSDB side: hands out ofports in attach order."""
-
-    attached: dict[str, int] = field(default_factory=dict)
-
-    def add_pod_port(self, pod: PodAttach) -> int:
-        self.attached[pod.host_ifname] = len(self.attached) + 1
-        return self.attached[pod.host_ifname]
-
-    def del_port(self, ifname: str) -> None:
-        self.attached.pop(ifname, None)
 
 
 @dataclass

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from fakeport import TableSwitch
+from fakeport import Ports, TableSwitch
 from hypothesis import strategies as st
 from igmpfuzz import (
     ANY_IPS,
@@ -57,20 +57,6 @@ METRIC = "kube_mcast_igmp_messages_total"
 VERDICTS = frozenset({"accepted", "ignored", "unknown_port", "answered", "unknown_node",
                       "over_cap"})
 TALLY = Tally()
-
-
-class Ports:
-    """The OVSDB side: ofports 1, 2, ... in attach order."""
-
-    def __init__(self) -> None:
-        self.next = 1
-
-    def add_pod_port(self, pod: PodAttach) -> int:
-        self.next += 1
-        return self.next - 1
-
-    def del_port(self, ifname: str) -> None:
-        pass
 
 
 class Clock:
