@@ -20,6 +20,7 @@ from typing import Any
 import yaml
 
 from agent.multicast.igmp.limits import Cap, Limits
+from agent.podnetwork import MIN_MTU
 from pipeline.multicast import Mode
 
 
@@ -36,7 +37,8 @@ KEYS: dict[str, tuple[str, ...]] = {
          "metricsPort"),
     "featureGates": tuple(FEATURE_GATES),
     "multicast": ("enable", "multicastInterfaces", "igmpQueryInterval", "igmpMaxResponse",
-                  "igmpQueryVersions", "igmpRobustness", "limits", "igmpRateLimit"),
+                  "igmpQueryVersions", "igmpRobustness", "limits", "igmpRateLimit",
+                  "interfaceMTU"),
     "multicast.limits": tuple(c.value for c in Cap),
     "multicast.igmpRateLimit": ("podPps", "tunnelPps", "uplinkPps"),
     "node": ("name", "ip", "mac"),
@@ -98,6 +100,7 @@ class AgentConfig:
     node_mac: str = ""
     limits: Limits = Limits()
     punt_rates: PuntRates = PuntRates()
+    interface_mtu: int | None = None  # the pod's multicast interface; None: the uplink's
 
     @property
     def uplink(self) -> str | None:
@@ -153,6 +156,13 @@ def _punt_rates(mc: dict[str, Any]) -> PuntRates:
     return PuntRates(_positive(d, sec, "podPps", default.pod_pps),
                      _positive(d, sec, "tunnelPps", default.tunnel_pps),
                      _positive(d, sec, "uplinkPps", default.uplink_pps))
+
+
+def _interface_mtu(mc: dict[str, Any]) -> int | None:
+    mtu = _get(mc, "multicast", "interfaceMTU", int, None)
+    if mtu is not None and not MIN_MTU <= mtu <= 65535:
+        raise ConfigError(f"multicast.interfaceMTU: {mtu} out of range {MIN_MTU}..65535")
+    return mtu
 
 
 def _check_keys(d: dict[str, Any], section: str) -> None:
@@ -234,6 +244,7 @@ def parse_config(raw: dict[str, Any], env: Mapping[str, str] | None = None) -> A
         metrics_port=_get(raw, "", "metricsPort", int, 0),
         limits=_limits(mc),
         punt_rates=_punt_rates(mc),
+        interface_mtu=_interface_mtu(mc),
     )
 
 

@@ -38,6 +38,7 @@ from agent.ovs.podports import OvsdbPodPorts
 from agent.ovs.switch import OpenFlowSwitch
 from agent.ovs.vswitchd import pin_local_mac, seed_tunnel_neighbour
 from agent.packetin import PacketInRouter
+from agent.podnetwork import PodMtu, pod_mtu
 from pipeline.cookies import Feature
 from pipeline.layout import multicast_pipeline
 from pipeline.multicast import BridgeConfig, Mode
@@ -49,6 +50,7 @@ INT_PATCH = "mc-patch-phy"  # on br-int, towards br-phy
 PHY_PATCH = "mc-patch-int"  # on br-phy, towards br-int
 ROUND_LIMIT = 0xFFFF
 CONNECT_TIMEOUT_S = 30.0
+DEFAULT_UPLINK_MTU = 1500
 
 
 def _interface_mac(ifname: str) -> str:
@@ -59,11 +61,31 @@ def _interface_mac(ifname: str) -> str:
         return str(ipr.get_links(idx[0])[0].get("IFLA_ADDRESS"))
 
 
+def _interface_mtu(ifname: str | None) -> int:
+    """The uplink's MTU (Ethernet's 1500 when there is no uplink)."""
+    if ifname is None:
+        return DEFAULT_UPLINK_MTU
+    with IPRoute() as ipr:
+        idx = ipr.link_lookup(ifname=ifname)
+        if not idx:
+            raise ConfigError(f"multicast.multicastInterfaces: interface {ifname} not found")
+        return int(ipr.get_links(idx[0])[0].get("IFLA_MTU"))
+
+
+def pod_mtu_of(cfg: AgentConfig) -> PodMtu:
+    try:
+        return pod_mtu(_interface_mtu(cfg.uplink), cfg.encap_mode is Mode.ENCAP,
+                       cfg.tunnel_type, cfg.interface_mtu)
+    except ValueError as e:
+        raise ConfigError(f"multicast.interfaceMTU: {e}") from None
+
+
 class Agent:
     """The running agent process: adaptors, core, API, timer."""
 
     def __init__(self, cfg: AgentConfig) -> None:
         self.cfg = cfg
+        self.pod_mtu = pod_mtu_of(cfg)
         self.pipeline = multicast_pipeline()
         self.switch = OpenFlowSwitch(self.pipeline, "127.0.0.1", cfg.controller_port)
         self.db = Ovsdb(cfg.ovsdb)
