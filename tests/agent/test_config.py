@@ -137,7 +137,8 @@ def test_every_declared_key_is_accepted() -> None:
                       "igmpQueryVersions": [3], "igmpRobustness": 3,
                       "limits": {"recordsPerReport": 10, "sourcesPerRecord": 11,
                                  "groupsPerPod": 12, "sourcesPerPod": 13, "groupsPerNode": 14},
-                      "igmpRateLimit": {"podPps": 15, "tunnelPps": 16, "uplinkPps": 17}},
+                      "igmpRateLimit": {"podPps": 15, "tunnelPps": 16, "uplinkPps": 17},
+                      "interfaceMTU": 9000},
         "node": {"name": "n1", "ip": "10.0.0.1", "mac": "0a:00:00:00:00:01"},
         "ovs": {"db": "unix:/tmp/db.sock", "runDir": "/tmp/ovs", "datapathType": "netdev",
                 "tunnelType": "geneve", "intBridge": "br-a", "phyBridge": "br-b",
@@ -158,6 +159,7 @@ def test_every_declared_key_is_accepted() -> None:
     assert (cfg.int_bridge, cfg.phy_bridge, cfg.query_versions) == ("br-a", "br-b", (3,))
     assert (cfg.max_response_s, cfg.robustness, cfg.api_socket, cfg.metrics_port) == (
         1, 3, "/tmp/agent.sock", 1)
+    assert cfg.interface_mtu == 9000
 
 
 def test_limits_and_punt_rates() -> None:
@@ -172,3 +174,10 @@ def test_limits_and_punt_rates() -> None:
         parse_config({**BASE, "multicast": {"limits": {"sourcesPerPod": 0}}})
     with pytest.raises(ConfigError, match=r"^multicast\.igmpRateLimit\.tunnelPps: expected int"):
         parse_config({**BASE, "multicast": {"igmpRateLimit": {"tunnelPps": "fast"}}})
+
+
+@pytest.mark.parametrize("mtu", [575, 65536, True, "1500"])
+def test_interface_mtu_out_of_range_or_wrong_type(mtu: Any) -> None:
+    raw = {"node": {"name": "n1", "ip": "10.0.0.1"}, "multicast": {"interfaceMTU": mtu}}
+    with pytest.raises(ConfigError, match=r"multicast\.interfaceMTU"):
+        parse_config(raw, env={})
