@@ -92,8 +92,8 @@ def test_misspelt_key_is_an_error_not_a_default(tmp_path) -> None:
         load_config(path)
     assert str(e.value) == (
         f"{path}: multicast.igmpQueryIntervall: unknown key (known: enable, igmpMaxResponse, "
-        "igmpQueryInterval, igmpQueryVersions, igmpRateLimit, igmpRobustness, limits, "
-        "multicastInterfaces)")
+        "igmpQueryInterval, igmpQueryVersions, igmpRateLimit, igmpRobustness, interfaceMTU, "
+        "limits, multicastInterfaces)")
 
 
 @pytest.mark.parametrize(("raw", "path"), [
