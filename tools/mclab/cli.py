@@ -1,6 +1,7 @@
 """`mclab`: the command line of the local lab (kind-like, no Docker).
 
-    mclab up [--nodes N] [--mode encap|noencap] [--query-interval 10s] [--agent-config FILE]
+    mclab up [--nodes N] [--mode encap|noencap] [--attach chained|multus]
+             [--query-interval 10s] [--agent-config FILE]
     mclab pod create NAME --node NODE [-n NAMESPACE] [--labels k=v,...]
     mclab pod delete NAME [-n NAMESPACE]
     mclab external create NAME | mclab external delete NAME
@@ -62,6 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
     up = sub.add_parser("up", help="build the underlay, the nodes and their agents")
     up.add_argument("--nodes", type=int, default=1)
     up.add_argument("--mode", type=_mode, default="encap")
+    up.add_argument("--attach", choices=("chained", "multus"), default="chained",
+                    help="how pods get their multicast interface: our plugin chained after the "
+                         "primary CNI (mc0), or as a Multus secondary network (net1)")
     up.add_argument("--query-interval", type=_interval, default="125s")
     up.add_argument("--agent-config", metavar="FILE",
                     help="YAML merged into every node's agent config (e.g. multicast.limits)")
@@ -102,7 +106,7 @@ def _status() -> int:
     if lab is None:
         print("no lab is up")
         return 0
-    print(f"mode: {lab.mode}   query interval: {lab.query_interval}")
+    print(f"mode: {lab.mode}   attach: {lab.attach}   query interval: {lab.query_interval}")
     print(f"{'NODE':<8} {'IP':<16} {'AGENT':<8} {'HEALTH'}")
     for n in lab.nodes:
         alive = bool(n.agent_pid) and is_alive(n.agent_pid)
@@ -113,9 +117,11 @@ def _status() -> int:
             health = f"unreachable: {err}"
         print(f"{n.name:<8} {n.ip:<16} {n.agent_pid if alive else 'dead':<8} {health}")
     if lab.pods:
-        print(f"\n{'NAMESPACE':<12} {'POD':<16} {'NODE':<8} {'IP'}")
+        print(f"\n{'NAMESPACE':<12} {'POD':<16} {'NODE':<8} {'MULTICAST-IP':<16} "
+              f"{'INTERFACE':<10} {'PRIMARY-IP'}")
         for p in lab.pods:
-            print(f"{p.namespace:<12} {p.name:<16} {p.node:<8} {p.ip}")
+            print(f"{p.namespace:<12} {p.name:<16} {p.node:<8} {p.ip:<16} {p.iface:<10} "
+                  f"{p.primary_ip}")
     if lab.externals:
         print(f"\n{'EXTERNAL':<16} {'IP'}")
         for e in lab.externals:
@@ -168,8 +174,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.cmd == "up":
             extra = L.load_agent_config(args.agent_config) if args.agent_config else None
-            lab = L.up(args.nodes, args.mode, args.query_interval, extra)
-            print(f"lab up: {len(lab.nodes)} node(s), mode {lab.mode}")
+            lab = L.up(args.nodes, args.mode, args.query_interval, extra, args.attach)
+            print(f"lab up: {len(lab.nodes)} node(s), mode {lab.mode}, attach {lab.attach}")
         elif args.cmd == "down":
             L.down()
         elif args.cmd == "agent":

@@ -1,4 +1,4 @@
-"""The local lab: underlay, nodes (own OVS + agent each), pods through the CNI plugin, externals.
+"""The local lab: underlay, nodes (own OVS + agent each), pods through CNI, externals.
 
 Everything lives in network namespaces named ``mclab-*`` and under the lab directory; nothing
 touches the machine's own interfaces. ``up`` cleans up after itself when it fails halfway;
@@ -8,7 +8,6 @@ touches the machine's own interfaces. ``up`` cleans up after itself when it fail
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 import shutil
@@ -25,7 +24,7 @@ from agent.api.client import AgentClient
 from agent.api.types import ApiError
 from agent.cni.podnet import set_tx_checksum
 from agent.config import ConfigError, parse_config
-from tools.mclab import netns
+from tools.mclab import cni, netns
 from tools.mclab import state as st
 from tools.mclab.ovsnode import OvsNode, pids_naming, require_ovs, terminate
 from wire.nodes import NodeInfo
@@ -33,7 +32,6 @@ from wire.nodes import NodeInfo
 log = logging.getLogger(__name__)
 
 AGENT_START_TIMEOUT = 30.0
-CNI_PATH = "/usr/lib/cni"
 
 
 class LabError(RuntimeError):
@@ -199,13 +197,15 @@ def announce_nodes(lab: st.LabState) -> None:
 
 
 def up(nodes: int, mode: str, query_interval: str,
-       agent_config: dict[str, Any] | None = None) -> st.LabState:
+       agent_config: dict[str, Any] | None = None, attach: str = "chained") -> st.LabState:
     require_ovs()
+    if attach not in cni.ATTACH_MODES:
+        raise LabError(f"--attach {attach}: one of {', '.join(cni.ATTACH_MODES)}")
     if st.load() is not None or netns.list_netns(st.netns_prefix()):
         raise LabError(f"a lab is already up (state in {st.lab_dir()}); run 'mclab down' first")
     if not 1 <= nodes <= 50:
         raise LabError(f"--nodes {nodes}: between 1 and 50")
-    lab = st.LabState(mode=mode, query_interval=query_interval,
+    lab = st.LabState(mode=mode, query_interval=query_interval, attach=attach,
                       agent_config=agent_config or {})
     try:
         st.lab_dir().mkdir(parents=True, exist_ok=True)
@@ -214,9 +214,11 @@ def up(nodes: int, mode: str, query_interval: str,
         with IPRoute(netns=st.underlay_ns(), flags=0) as ipr:
             ipr.link("add", ifname=st.UNDERLAY_BRIDGE, kind="bridge")
             ipr.link("set", index=ipr.link_lookup(ifname=st.UNDERLAY_BRIDGE)[0], state="up")
+        cni.install_plugins()
         for i in range(1, nodes + 1):
             lab.nodes.append(_make_node(lab, i))
             st.save(lab)
+        cni.route_between_nodes(lab.nodes)
         announce_nodes(lab)
     except BaseException:
         down()
@@ -267,38 +269,9 @@ def require_lab() -> st.LabState:
 # ---------------------------------------------------------------------------- pods
 
 
-def _cni(lab: st.LabState, node: st.NodeState, command: str, pod: st.PodState) -> dict:
-    netconf = {
-        "cniVersion": "1.0.0",
-        "name": "kube-mcast",
-        "type": "mcast-cni",
-        "agentSocket": node.api_socket,
-        "txChecksumOffload": False,
-        # encap: the pod's datagrams must still fit the underlay's 1500 after VXLAN's 50 bytes
-        "mtu": 1450 if lab.mode == "encap" else 1500,
-        "ipam": {
-            "type": "host-local",
-            "ranges": [[{"subnet": st.POD_NET, "rangeStart": f"10.77.{node.index}.2",
-                         "rangeEnd": f"10.77.{node.index}.254"}]],
-            "dataDir": f"{node.rundir}/ipam",
-        },
-    }
-    env = {
-        "PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),
-        "CNI_COMMAND": command,
-        "CNI_CONTAINERID": pod.container_id,
-        "CNI_NETNS": str(netns.NETNS_DIR / pod.netns),
-        "CNI_IFNAME": "eth0",
-        "CNI_ARGS": f"IgnoreUnknown=1;K8S_POD_NAMESPACE={pod.namespace};K8S_POD_NAME={pod.name}",
-        "CNI_PATH": CNI_PATH,
-    }
-    plugin = str(Path(sys.executable).parent / "mcast-cni")
-    res = netns.run(node.netns, [plugin], env=env, input=json.dumps(netconf), timeout=60)
-    out = json.loads(res.stdout) if res.stdout.strip() else {}
-    if res.returncode != 0:
-        msg = out.get("msg", res.stderr.strip()) if isinstance(out, dict) else res.stderr
-        raise LabError(f"CNI {command} for {pod.ref} failed: {msg} {out.get('details', '')}")
-    return out
+def _invocation(pod: st.PodState) -> cni.Invocation:
+    return cni.Invocation(pod.container_id, str(netns.NETNS_DIR / pod.netns), pod.namespace,
+                          pod.name)
 
 
 def pod_create(name: str, node_name: str, namespace: str, labels: dict[str, str]) -> st.PodState:
@@ -311,11 +284,14 @@ def pod_create(name: str, node_name: str, namespace: str, labels: dict[str, str]
                       container_id=uuid.uuid4().hex, ip="", labels=labels)
     netns.create(pod.netns)
     try:
-        result = _cni(lab, node, "ADD", pod)
-        pod.ip = result["ips"][0]["address"].split("/")[0]
+        got = cni.attach(node, _invocation(pod), lab.attach)
+    except cni.CniFailure as e:
+        netns.delete(pod.netns)
+        raise LabError(f"CNI ADD for {pod.ref} failed: {e}") from None
     except BaseException:
         netns.delete(pod.netns)
         raise
+    pod.iface, pod.ip, pod.primary_ip, pod.results = got.iface, got.ip, got.primary_ip, got.results
     lab.pods.append(pod)
     st.save(lab)
     return pod
@@ -326,7 +302,9 @@ def pod_delete(name: str, namespace: str) -> None:
     pod = lab.pod(name, namespace)
     if pod is None:
         raise LabError(f"pod {namespace}/{name} not found")
-    _cni(lab, lab.node(pod.node), "DEL", pod)
+    errors = cni.detach(lab.node(pod.node), _invocation(pod), lab.attach, pod.iface, pod.results)
+    if errors:
+        raise LabError(f"CNI DEL for {pod.ref} failed: " + "; ".join(errors))
     netns.delete(pod.netns)
     lab.pods.remove(pod)
     st.save(lab)

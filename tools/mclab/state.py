@@ -14,7 +14,6 @@ from typing import Any
 
 UNDERLAY_BRIDGE = "br-ul"
 UNDERLAY_NET = "192.168.77"  # node i is .i, external host k is .(200+k)
-POD_NET = "10.77.0.0/16"  # node i allocates 10.77.i.1-254: one on-link subnet for all pods
 
 
 def lab_dir() -> Path:
@@ -56,8 +55,12 @@ class PodState:
     node: str
     netns: str
     container_id: str
-    ip: str
+    ip: str  # the multicast address: the source its datagrams carry
     labels: dict[str, str] = field(default_factory=dict)
+    iface: str = "mc0"  # its multicast interface
+    primary_ip: str = ""  # its address on the primary network (eth0)
+    results: dict[str, Any] = field(default_factory=dict)
+    """The CNI results of its ADD per network, handed back on DEL (libcni's cache)."""
 
     @property
     def ref(self) -> str:
@@ -75,6 +78,7 @@ class ExternalState:
 class LabState:
     mode: str
     query_interval: str
+    attach: str = "chained"  # chained | multus: how pods get their multicast interface
     nodes: list[NodeState] = field(default_factory=list)
     pods: list[PodState] = field(default_factory=list)
     externals: list[ExternalState] = field(default_factory=list)
@@ -112,6 +116,7 @@ def load() -> LabState | None:
     return LabState(
         mode=raw["mode"],
         query_interval=raw["query_interval"],
+        attach=raw.get("attach", "chained"),
         nodes=[NodeState(**n) for n in raw["nodes"]],
         pods=[PodState(**p) for p in raw["pods"]],
         externals=[ExternalState(**e) for e in raw.get("externals", [])],
