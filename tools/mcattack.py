@@ -49,6 +49,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from tools.mcprobe import multicast_iface
+
 ETH_P_ALL = 0x0003
 ETH_P_IP = 0x0800
 ETH_P_ARP = 0x0806
@@ -221,7 +223,7 @@ def _report(sent: int, start: float, **extra: Any) -> int:
 
 
 def cmd_flood(args: argparse.Namespace) -> int:
-    port = Port(args.iface)
+    port = Port(args.iface or multicast_iface())
 
     rng = random.Random(args.seed)
     pools: list[list[bytes]] = []
@@ -239,7 +241,7 @@ def cmd_flood(args: argparse.Namespace) -> int:
 
 
 def cmd_v3burst(args: argparse.Namespace) -> int:
-    port = Port(args.iface)
+    port = Port(args.iface or multicast_iface())
     rng = random.Random(args.seed)
     record_len = 8 + 4 * args.sources
     per_report = max(1, (port.mtu - 24 - 8) // record_len)
@@ -273,7 +275,7 @@ def cmd_spoof(args: argparse.Namespace) -> int:
                             ttl=args.ttl, ident=seq + 1) for seq in range(args.count)]
             sent = paced(packets, lambda p: sock.sendto(p, (args.group, 0)), args.count, args.pps)
         return _report(sent, start)
-    port = Port(args.iface)
+    port = Port(args.iface or multicast_iface())
     src_ip = socket.inet_aton(args.src_ip) if args.src_ip else port.ip
     mac = mac_bytes(args.src_mac) if args.src_mac else port.mac
     frames = [ether(multicast_mac(group), mac, ETH_P_IP,
@@ -284,7 +286,7 @@ def cmd_spoof(args: argparse.Namespace) -> int:
 
 
 def cmd_query(args: argparse.Namespace) -> int:
-    port = Port(args.iface)
+    port = Port(args.iface or multicast_iface())
     group = socket.inet_aton(args.group)
     tail = {1: b"", 2: b"", 3: struct.pack("!BBH", 2, 125, 0)}[args.version]
     code = 0 if args.version == 1 else args.code
@@ -319,7 +321,7 @@ def malformed_frames(mac: bytes, ip: bytes, count: int, seed: int) -> list[bytes
 
 
 def cmd_malformed(args: argparse.Namespace) -> int:
-    port = Port(args.iface)
+    port = Port(args.iface or multicast_iface())
 
     def work(i: int) -> int:
         share = args.count // args.procs + (i < args.count % args.procs)
@@ -357,7 +359,7 @@ def underlay_frames(mac: bytes, ip: bytes, args: argparse.Namespace) -> list[byt
 
 
 def cmd_underlay(args: argparse.Namespace) -> int:
-    port, start = Port(args.iface), time.monotonic()
+    port, start = Port(args.iface or multicast_iface()), time.monotonic()
     frames = underlay_frames(port.mac, port.ip, args)
     return _report(paced(frames, port, args.count * len(frames), 200.0), start, kinds=len(frames))
 
@@ -434,7 +436,8 @@ def build_parser() -> argparse.ArgumentParser:
             sender: bool = True) -> argparse.ArgumentParser:
         sp = sub.add_parser(name)
         if sender:
-            sp.add_argument("--iface", default="eth0", help="the interface to send on")
+            sp.add_argument("--iface", help="the interface to send on (default: the one "
+                                            "routing 224.0.0.0/4)")
             sp.add_argument("--seed", type=int, default=1)
         sp.set_defaults(func=func)
         return sp

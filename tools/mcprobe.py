@@ -182,10 +182,20 @@ def cmd_recv(args: argparse.Namespace) -> int:
     return _run_receiver(sock, args, parse)
 
 
+def multicast_iface() -> str:
+    """The interface this namespace sends multicast on: the one routing 224.0.0.0/4 (a pod's
+    multicast interface, whatever it is called, or an outside host's eth0)."""
+    from pyroute2 import IPRoute  # noqa: PLC0415 - only the tools that sniff or forge need it
+
+    with IPRoute() as ipr:
+        oif = ipr.route("get", dst="224.0.0.1")[0].get_attr("RTA_OIF")
+        return str(ipr.get_links(oif)[0].get_attr("IFLA_IFNAME"))
+
+
 def cmd_sniff(args: argparse.Namespace) -> int:
     sock = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM, socket.htons(ETH_P_IP))
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
-    sock.bind((args.iface, ETH_P_IP))
+    sock.bind((args.iface or multicast_iface(), ETH_P_IP))
     group = socket.inet_aton(args.group)
 
     def parse(data: bytes, addr: tuple[Any, ...]) -> tuple[str, bytes] | None:
@@ -273,7 +283,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sniff = sub.add_parser("sniff", help="count frames to GROUP:PORT on an interface, no join")
     common_rx(sniff)
-    sniff.add_argument("--iface", default="eth0")
+    sniff.add_argument("--iface", help="default: the interface routing 224.0.0.0/4")
     sniff.set_defaults(func=cmd_sniff)
 
     send = sub.add_parser("send", help="send datagrams to a group")

@@ -108,8 +108,10 @@ def reap_processes() -> list[str]:
 class Pod:
     name: str
     node: str
-    ip: str
+    ip: str  # the multicast address (the source its datagrams carry)
     namespace: str = "default"
+    iface: str = "eth0"  # the interface its multicast uses: mc0 chained, net1 Multus
+    primary_ip: str = ""
 
     @property
     def ref(self) -> str:
@@ -261,11 +263,12 @@ class Lab:
     """One running lab (``mclab up`` done), driven through the real CLIs."""
 
     def __init__(self, lab_dir: Path, prefix: str, nodes: int, mode: str,
-                 query_interval: str) -> None:
+                 query_interval: str, attach: str = "chained") -> None:
         self.dir = lab_dir
         self.prefix = prefix
         self.nodes = nodes
         self.mode = mode
+        self.attach = attach
         self.query_interval = query_interval
         self.env = {**os.environ, "MCLAB_DIR": str(lab_dir), "MCLAB_PREFIX": prefix,
                     "PYTHONUNBUFFERED": "1"}
@@ -274,7 +277,7 @@ class Lab:
     wait_for = staticmethod(wait_for)
 
     def __repr__(self) -> str:
-        return f"Lab({self.dir}, nodes={self.nodes}, mode={self.mode})"
+        return f"Lab({self.dir}, nodes={self.nodes}, mode={self.mode}, attach={self.attach})"
 
     # -- commands --------------------------------------------------------------------------
 
@@ -309,7 +312,10 @@ class Lab:
     def create_pod(self, name: str, node: str = "node1", namespace: str = "default") -> Pod:
         out = self.mclab("pod", "create", name, "--node", node, "-n", namespace).stdout
         ip = out.strip().splitlines()[-1]
-        return Pod(name, node, ip, namespace)
+        [st] = [p for p in self.state()["pods"]
+                if p["name"] == name and p["namespace"] == namespace]
+        assert st["ip"] == ip, (st, out)
+        return Pod(name, node, ip, namespace, st["iface"], st["primary_ip"])
 
     def delete_pod(self, pod: Pod) -> None:
         self.mclab("pod", "delete", pod.name, "-n", pod.namespace)
@@ -360,9 +366,10 @@ class Lab:
 
     def start_sniffer(self, pod: Pod, group: str, port: int,
                       duration: float = PROBE_MAX_S) -> Receiver:
-        """``mcprobe sniff``: counts frames to group:port reaching the pod's eth0, no join."""
+        """``mcprobe sniff``: counts frames to group:port reaching the pod's multicast
+        interface, no join."""
         ready, status = self._probe_files(pod, "sniff")
-        cmd = [PYTHON, MCPROBE, "sniff", group, str(port), "--iface", "eth0",
+        cmd = [PYTHON, MCPROBE, "sniff", group, str(port), "--iface", pod.iface,
                "--duration", str(duration), "--ready", str(ready), "--status", str(status)]
         return Receiver("sniff", pod, group, port, self.popen(pod, *cmd), ready, status)
 
@@ -385,7 +392,7 @@ class Lab:
 
     def forge_v2_report(self, pod: Pod, group: str) -> None:
         """Send an IGMPv2 report for ``group`` from ``pod`` without its kernel joining."""
-        self.exec(pod, PYTHON, "-c", _FORGE_V2_REPORT, group, pod.ip)
+        self.exec(pod, PYTHON, "-c", _FORGE_V2_REPORT, group, pod.ip, pod.iface)
 
     # -- membership and switch state -------------------------------------------------------
 
@@ -461,14 +468,14 @@ class Lab:
         return "\n".join(parts)
 
 
-# A helper run with the venv python inside a pod: an IGMPv2 report frame on eth0 (AF_PACKET),
-# from the pod's own MAC and IP, while the pod's kernel is not joined to the group.
+# A helper run with the venv python inside a pod: an IGMPv2 report frame on its multicast
+# interface (AF_PACKET), from the pod's own MAC and IP, while its kernel is not joined.
 _FORGE_V2_REPORT = """
 import socket, sys
 from agent.multicast.igmp.packets import build_v2_report
-group, ip = sys.argv[1], sys.argv[2]
+group, ip, iface = sys.argv[1], sys.argv[2], sys.argv[3]
 s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
-s.bind(("eth0", 0))
+s.bind((iface, 0))
 mac = s.getsockname()[4].hex(":")
 s.send(build_v2_report(group, ip, mac))
 s.close()
@@ -571,14 +578,16 @@ LabFactory = Callable[..., Lab]
 
 @pytest.fixture(scope="module")
 def lab_factory() -> Iterator[LabFactory]:
-    """``make(nodes=1, mode="encap", query_interval="125s") -> Lab`` (one lab at a time).
+    """``make(nodes=1, mode="encap", query_interval="125s", attach="chained") -> Lab`` (one
+    lab at a time).
 
     Runs the real ``mclab up``; whatever happens, the lab is taken down at the end of the
     module (and checked to be gone without a trace).
     """
     made: list[Lab] = []
 
-    def make(nodes: int = 1, mode: str = "encap", query_interval: str = "125s") -> Lab:
+    def make(nodes: int = 1, mode: str = "encap", query_interval: str = "125s",
+             attach: str = "chained") -> Lab:
         if made:
             pytest.fail("lab_factory: one lab at a time (mclab namespaces are machine-wide)",
                         pytrace=False)
@@ -586,9 +595,9 @@ def lab_factory() -> Iterator[LabFactory]:
         why = foreign_lab(prefix)
         if why:
             pytest.fail(why, pytrace=False)
-        lab = Lab(lab_dir, prefix, nodes, mode, query_interval)
+        lab = Lab(lab_dir, prefix, nodes, mode, query_interval, attach)
         made.append(lab)  # from here on, teardown runs mclab down
-        lab.mclab("up", "--nodes", str(nodes), "--mode", mode,
+        lab.mclab("up", "--nodes", str(nodes), "--mode", mode, "--attach", attach,
                   "--query-interval", query_interval, timeout=UP_TIMEOUT)
         return lab
 

@@ -59,8 +59,9 @@ class HostileLab(Lab):
         return dict(json.loads(out.strip().splitlines()[-1]))
 
     def mac(self, pod: Pod) -> str:
-        """The MAC of the pod's eth0 (from netlink: /sys here is the machine's, not the pod's)."""
-        out = self.exec(pod, "ip", "-o", "link", "show", "eth0").stdout
+        """The MAC of the pod's multicast interface (from netlink: /sys here is the machine's,
+        not the pod's)."""
+        out = self.exec(pod, "ip", "-o", "link", "show", pod.iface).stdout
         m = re.search(r"link/ether ([0-9a-f:]{17})", out)
         assert m, f"no MAC in {out!r}"
         return m.group(1)
@@ -117,12 +118,13 @@ class HostileLab(Lab):
 
 
 class Tcpdump:
-    """``tcpdump -Q in -n -l EXPR`` on a host's eth0: the packets it received, as lines."""
+    """``tcpdump -Q in -n -l EXPR`` on a host's multicast interface: the packets it received,
+    as lines."""
 
     def __init__(self, lab: HostileLab, host: Pod, expr: str, seconds: int = 60) -> None:
         self.host = host
-        self.proc = lab.popen(host, "timeout", str(seconds), "tcpdump", "-i", "eth0", "-Q", "in",
-                              "-n", "-l", expr)
+        self.proc = lab.popen(host, "timeout", str(seconds), "tcpdump", "-i", host.iface,
+                              "-Q", "in", "-n", "-l", expr)
         self.lines: list[str] = []
         self.err: list[str] = []
         for stream, into in ((self.proc.stdout, self.lines), (self.proc.stderr, self.err)):

@@ -35,6 +35,8 @@ import sys
 import time
 from pathlib import Path
 
+from tools.mcprobe import multicast_iface
+
 IP_PKTINFO = getattr(socket, "IP_PKTINFO", 8)
 ETH_P_IP = 0x0800
 PACKET_OUTGOING = 4
@@ -135,7 +137,7 @@ def cmd_recv(args: argparse.Namespace) -> int:
 def cmd_sniff(args: argparse.Namespace) -> int:
     sock = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM, socket.htons(ETH_P_IP))
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
-    sock.bind((args.iface, ETH_P_IP))
+    sock.bind((args.iface or multicast_iface(), ETH_P_IP))
 
     def read(s: socket.socket) -> str | None:
         data, addr = s.recvfrom(65535)
@@ -198,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
 
     sniff = sub.add_parser("sniff")
     sniff.add_argument("port", type=int)
-    sniff.add_argument("--iface", default="eth0")
+    sniff.add_argument("--iface", help="default: the interface routing 224.0.0.0/4")
     rx_opts(sniff)
     sniff.set_defaults(func=cmd_sniff)
 

@@ -271,7 +271,7 @@ def test_pods_cannot_query_pods_nor_write_to_tunnel_or_underlay(make_lab: LabMak
                 "node1 host": lab.sniff(n1["netns"], ["br-phy"], watch),
                 "node2 host": lab.sniff(n2["netns"], ["br-phy"], watch),
                 "external": lab.sniff(ext, ["eth0"], watch),
-                "node2 pod": lab.sniff(remote, ["eth0"], watch)}
+                "node2 pod": lab.sniff(remote, [remote.iface], watch)}
     for s in sniffers.values():
         s.wait_ready()
 

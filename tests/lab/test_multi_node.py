@@ -11,8 +11,9 @@ multicast router port of the underlay bridge, which would then flood it with eve
 Traffic is real and counted at real receivers (``tools/mcprobe.py``, and
 ``tests/lab/many_groups.py`` for the 1000-group test); senders send N=10 datagrams at 2/s with
 TTL 3 and then a burst of 1000 at 1000/s, and every member must count exactly N and then exactly
-N + 1000. Non-members are AF_PACKET sniffers on the pod's eth0 (no join): they count frames the
-switch delivered. Remote members age out after 2 x 10 s + 5 s = 25 s without a report.
+N + 1000. Non-members are AF_PACKET sniffers on the pod's multicast interface (no join): they
+count frames the switch delivered. Remote members age out after 2 x 10 s + 5 s = 25 s without a
+report.
 Measured figures are printed as ``FIGURE ...`` lines (``pytest -rP`` shows them).
 """
 
@@ -143,17 +144,20 @@ class MultiLab(Lab):
 
 @pytest.fixture(scope="class")
 def mlab(request: pytest.FixtureRequest) -> Iterator[MultiLab]:
-    """The class's three-node lab in mode ``cls.MODE``, always taken down (and checked)."""
+    """The class's three-node lab in mode ``cls.MODE`` with pods attached as ``cls.ATTACH``
+    says (chained unless set), always taken down (and checked)."""
     lab_dir, prefix = fresh_lab()
     why = foreign_lab(prefix)
     if why:
         pytest.fail(why, pytrace=False)
-    lab = MultiLab(lab_dir, prefix, NODES, request.cls.MODE, QUERY_INTERVAL)
+    attach = getattr(request.cls, "ATTACH", "chained")
+    lab = MultiLab(lab_dir, prefix, NODES, request.cls.MODE, QUERY_INTERVAL, attach)
     try:
         started = time.monotonic()
-        lab.mclab("up", "--nodes", str(NODES), "--mode", lab.mode,
+        lab.mclab("up", "--nodes", str(NODES), "--mode", lab.mode, "--attach", attach,
                   "--query-interval", QUERY_INTERVAL, timeout=120.0)
-        figure(f"{lab.mode}: mclab up --nodes {NODES} took {time.monotonic() - started:.1f}s")
+        figure(f"{lab.mode}/{attach}: mclab up --nodes {NODES} took "
+               f"{time.monotonic() - started:.1f}s")
         yield lab
     finally:
         _teardown(lab)
@@ -226,7 +230,7 @@ class Capture:
     """``tcpdump -tt -vv -l`` in a host, its packets collected as (timestamp, text)."""
 
     def __init__(self, lab: MultiLab, host: Pod, expr: str, seconds: int = 60) -> None:
-        self.proc = lab.popen(host, "timeout", str(seconds), "tcpdump", "-i", "eth0", "-n",
+        self.proc = lab.popen(host, "timeout", str(seconds), "tcpdump", "-i", host.iface, "-n",
                               "-l", "-tt", "-vv", expr)
         self.packets: list[tuple[float, str]] = []
         self.err: list[str] = []

@@ -73,7 +73,7 @@ def test_members_receive_exactly_n_others_nothing(lab: Lab) -> None:
     got_py, got_socat = py.stop(), socat.stop()
     got_non, got_other, got_other_g = sniff_non.stop(), sniff_other.stop(), other_rx.stop()
     got_member_l2 = sniff_member.stop()
-    assert got_member_l2["n"] == N, f"frames on the member's eth0: {got_member_l2}"
+    assert got_member_l2["n"] == N, f"frames on the member's interface: {got_member_l2}"
     assert got_py["n"] == N and got_py["distinct"] == N, got_py
     assert got_py["sources"] == {snd.ip: N}, got_py
     assert got_socat["n"] == N, got_socat
@@ -158,11 +158,11 @@ def test_igmp_v1_v2_v3_reports_make_members(lab: Lab) -> None:
     snd = lab.create_pod("t4-snd", NODE)
     pods = {v: lab.create_pod(f"t4-v{v}", NODE) for v in (1, 2, 3)}
     for v, pod in pods.items():
-        lab.exec(pod, "sysctl", "-w", f"net.ipv4.conf.eth0.force_igmp_version={v}")
+        lab.exec(pod, "sysctl", "-w", f"net.ipv4.conf.{pod.iface}.force_igmp_version={v}")
     rxs = {v: lab.start_receiver(pod, g, port).wait_ready() for v, pod in pods.items()}
     for v, pod in pods.items():
         igmp = lab.exec(pod, "cat", "/proc/net/igmp").stdout
-        assert re.search(rf"\beth0\s*:\s*\d+\s+V{v}\b", igmp), f"v{v} not forced:\n{igmp}"
+        assert re.search(rf"\b{pod.iface}\s*:\s*\d+\s+V{v}\b", igmp), f"v{v} not forced:\n{igmp}"
     lab.wait_members(NODE, g, list(pods.values()), exact=True)
 
     lab.send(snd, g, port, N, PPS)
@@ -182,8 +182,8 @@ def test_queries_refresh_members_and_silent_member_ages_out(lab: Lab) -> None:
     silent = lab.create_pod("t5-silent", NODE)
     watcher = lab.create_pod("t5-tcpdump", NODE)
 
-    tcpdump = lab.popen(watcher, "timeout", "30", "tcpdump", "-i", "eth0", "-n", "-l", "-c", "1",
-                        "igmp and dst 224.0.0.1")
+    tcpdump = lab.popen(watcher, "timeout", "30", "tcpdump", "-i", watcher.iface, "-n", "-l",
+                        "-c", "1", "igmp and dst 224.0.0.1")
     rx = lab.start_receiver(live, g_live, port).wait_ready()
     joined = time.monotonic()
     lab.wait_members(NODE, g_live, [live], exact=True)
@@ -290,7 +290,7 @@ def test_exec_passes_exit_code_through(lab: Lab) -> None:
     pod = lab.create_pod("t9-exec", NODE)
     assert lab.exec(pod, "sh", "-c", "exit 7", check=False).returncode == 7
     assert lab.exec(pod, "true").returncode == 0
-    ip = lab.exec(pod, "ip", "-4", "-o", "addr", "show", "eth0").stdout
+    ip = lab.exec(pod, "ip", "-4", "-o", "addr", "show", pod.iface).stdout
     assert pod.ip in ip, ip  # it really runs inside the pod
 
 
@@ -324,7 +324,7 @@ def test_agent_restart_swaps_rounds_without_a_traffic_gap(lab: Lab) -> None:
 
 def test_igmpv3_source_specific_join_filters_on_the_wire(lab: Lab) -> None:
     """A pod that joins (S1, G) gets no frame from S2 on its interface; a (*, G) member gets
-    both. (The sniffer counts at eth0, below the pod kernel's own socket filter.)"""
+    both. (The sniffer counts at the interface, below the pod kernel's own socket filter.)"""
     g, port = "239.10.10.1", 5110
     s1 = lab.create_pod("t10-s1", NODE)
     s2 = lab.create_pod("t10-s2", NODE)

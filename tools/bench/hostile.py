@@ -183,7 +183,7 @@ def _port_rx(lab: BenchLab, pod: Pod) -> int:
 
 
 def _mac(pod: Pod) -> str:
-    out = netns.run(pod.netns, ["ip", "-o", "link", "show", "eth0"], timeout=10).stdout
+    out = netns.run(pod.netns, ["ip", "-o", "link", "show", pod.iface], timeout=10).stdout
     m = re.search(r"link/ether ([0-9a-f:]{17})", out)
     if not m:
         raise BenchError(f"no MAC for {pod.name}: {out!r}")

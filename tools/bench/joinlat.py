@@ -9,11 +9,11 @@ tcpdump in the receiver pod sees the report leave and the first datagram arrive,
 join()->first datagram into:
 - kernel: join() -> the IGMP report leaves the pod (the pod kernel's report delay, 2-3
   jiffies; nothing of ours),
-- switch: report -> first datagram on the pod's eth0 (packet-in to the agent, its IGMP
+- switch: report -> first datagram on the pod's interface (packet-in to the agent, its IGMP
   handling and reconcile, the bundle, OVS revalidation, the next datagram through the
   new group: the part NOTES §C1 measured as 0.55 ms for OVS snooping, 2.1 ms for a naive
   os-ken app),
-- socket: first datagram on eth0 -> the application has it.
+- socket: first datagram on the interface -> the application has it.
 
 The switch part is split further with tcpdump on the node's loopback: the agent listens on
 127.0.0.1:6653 inside the node netns and the bridge connects to it, so every OpenFlow message

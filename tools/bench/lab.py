@@ -27,6 +27,7 @@ import yaml
 from agent.api.client import AgentClient
 from tools.bench.common import BenchError, Stopwatch, wait_for
 from tools.mclab import netns
+from tools.mclab.cni import MULTICAST_IFNAME
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +44,7 @@ class Pod:
     node: str
     ip: str
     netns: str
+    iface: str = "eth0"  # the interface its multicast uses
 
 
 class PodProcs:
@@ -72,8 +74,9 @@ class PodProcs:
 
     def tcpdump(self, pod: Pod, bpf: str, count: int,
                 verbose: bool = False) -> subprocess.Popen[str]:
-        """tcpdump on the pod's eth0 (wall-clock ``-tt`` stamps), returned once it listens."""
-        proc = self.popen(pod, ["tcpdump", "-i", "eth0", "-n", "-tt", "--immediate-mode", "-l",
+        """tcpdump on the pod's multicast interface (wall-clock ``-tt`` stamps), returned once
+        it listens."""
+        proc = self.popen(pod, ["tcpdump", "-i", pod.iface, "-n", "-tt", "--immediate-mode", "-l",
                                 *(["-v"] if verbose else []), "-c", str(count), bpf])
         assert proc.stderr is not None
         deadline = time.monotonic() + 10
@@ -215,7 +218,8 @@ class BenchLab(PodProcs):
         """Create pod ``name`` on ``node`` (through the CNI plugin), once."""
         if name not in self.pods:
             ip = self.mclab("pod", "create", name, "--node", node).strip().splitlines()[-1]
-            self.pods[name] = Pod(name, node, ip, f"{self.prefix}pod-default-{name}")
+            self.pods[name] = Pod(name, node, ip, f"{self.prefix}pod-default-{name}",
+                                  MULTICAST_IFNAME["chained"])
         return self.pods[name]
 
     # -- agent reads ------------------------------------------------------------------------
