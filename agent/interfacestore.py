@@ -10,7 +10,7 @@ Standard library only: the CNI plugin imports this and must stay cheap to start.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 class AttachConflict(Exception):
@@ -19,7 +19,13 @@ class AttachConflict(Exception):
 
 @dataclass(frozen=True)
 class PodAttach:
-    """Ask the agent to attach a pod's host-side interface to br-int."""
+    """Ask the agent to attach a pod's host-side interface to br-int.
+
+    ``ip`` is the multicast interface's address: the source its datagrams carry, which the
+    switch enforces. In chained and Multus mode it is the pod's primary address (a /32 on the
+    multicast interface), so ``ip`` and ``primary_ip`` are equal; with IPAM of its own they
+    differ. The two last fields are keyword-only and optional (older plugins do not send them).
+    """
 
     namespace: str
     name: str
@@ -27,6 +33,17 @@ class PodAttach:
     host_ifname: str
     ip: str  # may be "" (IPAM-less pods)
     mac: str  # the pod-side MAC
+    ifname: str = field(default="", kw_only=True)  # the pod-side name ("" = not told)
+    primary_ip: str = field(default="", kw_only=True)  # on the pod's primary network, or ""
+
+    def answers_to(self, ifname: str) -> bool:
+        """Whether a detach naming the pod-side interface ``ifname`` means this attachment.
+
+        A detach without a name, or an attachment made without one, matches: CNI DEL of
+        another interface of the same container must not take ours away, but an old plugin
+        (or an old agent's re-adopted port) cannot say which interface it means.
+        """
+        return not ifname or not self.ifname or ifname == self.ifname
 
 
 @dataclass(frozen=True)

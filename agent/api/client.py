@@ -15,8 +15,9 @@ import urllib.parse
 from collections.abc import Iterable
 from typing import Any
 
-from agent.api.types import ApiError, pod_from_json, pod_to_json
+from agent.api.types import ApiError, pod_from_json, pod_mtu_from_json, pod_to_json
 from agent.interfacestore import PodAttach, PodInfo
+from agent.podnetwork import PodMtu
 from wire.nodes import NodeInfo, nodes_to_json
 
 
@@ -60,8 +61,16 @@ class AgentClient:
     def attach_pod(self, req: PodAttach) -> PodInfo:
         return pod_from_json(PodInfo, self._call("POST", "/v1/pods", pod_to_json(req)))
 
-    def detach_pod(self, container_id: str) -> None:
-        self._call("DELETE", "/v1/pods/" + urllib.parse.quote(container_id, safe=""))
+    def detach_pod(self, container_id: str, ifname: str = "") -> None:
+        """Detach the container; with ``ifname``, only if attached through that pod interface."""
+        url = "/v1/pods/" + urllib.parse.quote(container_id, safe="")
+        if ifname:
+            url += "?" + urllib.parse.urlencode({"ifname": ifname})
+        self._call("DELETE", url)
+
+    def pod_network(self) -> PodMtu:
+        """The MTUs this node gives a pod's multicast interface and its 224.0.0.0/4 route."""
+        return pod_mtu_from_json(self._call("GET", "/v1/podnetwork"))
 
     def list_pods(self) -> list[PodInfo]:
         return [pod_from_json(PodInfo, p) for p in self._call("GET", "/v1/pods")["pods"]]

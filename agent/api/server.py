@@ -48,6 +48,7 @@ class _Handler(BaseHTTPRequestHandler):
         "/v1/stats/pods": {"GET": "_pod_stats"},
         "/v1/flows": {"GET": "_flows"},
         "/v1/nodes": {"PUT": "_set_nodes"},
+        "/v1/podnetwork": {"GET": "_pod_network"},
     }
 
     def do_GET(self) -> None:
@@ -63,7 +64,9 @@ class _Handler(BaseHTTPRequestHandler):
         self._dispatch("DELETE")
 
     def _dispatch(self, method: str) -> None:
-        path = urllib.parse.urlsplit(self.path).path
+        url = urllib.parse.urlsplit(self.path)
+        path = url.path
+        self._query = urllib.parse.parse_qs(url.query)
         self._allow = ""
         try:
             # read the body whatever the route: an unread body would corrupt the next
@@ -82,7 +85,10 @@ class _Handler(BaseHTTPRequestHandler):
         if m := _POD_PATH.match(path):
             if method != "DELETE":
                 raise self._not_allowed(["DELETE"])
-            api.detach_pod(urllib.parse.unquote(m["cid"]))
+            ifnames = self._query.get("ifname", [""])
+            if len(ifnames) != 1:
+                raise ApiError(400, "ifname: give it once")
+            api.detach_pod(urllib.parse.unquote(m["cid"]), ifnames[0])
             return 204, None
         methods = self._ROUTES.get(path)
         if methods is None:
@@ -114,6 +120,9 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _flows(self, api: AgentApi) -> tuple[int, Any]:
         return 200, {"flows": api.flows()}
+
+    def _pod_network(self, api: AgentApi) -> tuple[int, Any]:
+        return 200, api.pod_network().to_json()
 
     def _set_nodes(self, api: AgentApi) -> tuple[int, Any]:
         try:

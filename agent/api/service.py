@@ -3,29 +3,37 @@
 Owns the translation between the core and the wire: domain results become the JSON the
 routes return (``mcctl`` and users script against these keys), and domain errors become HTTP
 statuses here and nowhere else (``AttachConflict`` -> 409). The flow listing renders the
-switch's content as ovs-ofctl text.
+switch's content as ovs-ofctl text. A detach that names another pod interface than the one
+the container is attached through changes nothing (CNI DEL of a network that added no
+interface of ours); the pod network's MTUs are the agent's, computed at start-up.
 """
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from agent.api.types import ApiError
 from agent.flowsync.switch import Switch
 from agent.interfacestore import AttachConflict, PodAttach, PodInfo
 from agent.multicast.core import MulticastCore
+from agent.podnetwork import PodMtu
 from pipeline.render import render_flow, render_group
 from pipeline.tables import Pipeline
 from wire.nodes import NodeInfo
+
+log = logging.getLogger(__name__)
 
 
 class AgentService:
     """Implements ``agent.api.types.AgentApi`` over the running core."""
 
-    def __init__(self, core: MulticastCore, switch: Switch, pipeline: Pipeline) -> None:
+    def __init__(self, core: MulticastCore, switch: Switch, pipeline: Pipeline,
+                 pod_mtu: PodMtu | None = None) -> None:
         self._core = core
         self._switch = switch
         self._pipeline = pipeline
+        self._pod_mtu = pod_mtu
 
     def attach_pod(self, req: PodAttach) -> PodInfo:
         try:
@@ -33,11 +41,24 @@ class AgentService:
         except AttachConflict as exc:
             raise ApiError(409, str(exc)) from None
 
-    def detach_pod(self, container_id: str) -> None:
+    def detach_pod(self, container_id: str, ifname: str = "") -> None:
+        # CNI calls for one container come one at a time (the runtime serialises them), so
+        # the attachment cannot change between this look-up and the detach
+        pod = next((p for p in self._core.list_pods() if p.container_id == container_id), None)
+        if pod is None:
+            return
+        if not pod.answers_to(ifname):
+            log.info("not detaching %s: attached through %s, not %s", pod.ref, pod.ifname, ifname)
+            return
         self._core.detach_pod(container_id)
 
     def list_pods(self) -> list[PodInfo]:
         return self._core.list_pods()
+
+    def pod_network(self) -> PodMtu:
+        if self._pod_mtu is None:
+            raise ApiError(503, "this agent was started without the pod network's MTUs")
+        return self._pod_mtu
 
     def members(self) -> list[dict[str, Any]]:
         return [{"group": m.group, "localPods": list(m.local_pods),

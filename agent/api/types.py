@@ -5,22 +5,29 @@ Routes (all bodies JSON; errors are ``{"error": message}`` with a 4xx/5xx status
     GET    /healthz                  -> 200 health dict
     GET    /v1/pods                  -> 200 {"pods": [PodInfo...]}
     POST   /v1/pods       PodAttach  -> 201 PodInfo
-    DELETE /v1/pods/{container_id}   -> 204 (also when unknown: DEL must be idempotent)
+    DELETE /v1/pods/{container_id}[?ifname=NAME]
+                                     -> 204 (also when unknown: DEL must be idempotent); with
+                                        ifname, only an attachment through that pod-side
+                                        interface (or one made without a name) is detached
+    GET    /v1/podnetwork            -> 200 {"interfaceMTU": int, "routeMTU": int}
     GET    /v1/members               -> 200 {"members": [...]}
     GET    /v1/stats/pods            -> 200 {"pods": [...]}
     GET    /v1/flows                 -> 200 {"flows": [str...]}
     PUT    /v1/nodes  {"nodes": [{"name": str, "ips": [str...]}]} -> 204
 
-Standard library only (and the stdlib-only ``agent.interfacestore`` and ``wire``), so the CNI
-plugin that imports the client stays cheap to start.
+PodAttach/PodInfo JSON: every field by its name; ``ifname`` and ``primary_ip`` may be left out
+(default ""). Standard library only (and the stdlib-only ``agent.interfacestore``,
+``agent.podnetwork`` and ``wire``), so the CNI plugin that imports the client stays cheap to
+start.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, fields
+from dataclasses import MISSING, asdict, fields
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
 from agent.interfacestore import PodAttach, PodInfo
+from agent.podnetwork import PodMtu
 from wire.nodes import NodeInfo
 
 
@@ -38,8 +45,9 @@ class AgentApi(Protocol):
     """What the server serves: JSON-ready answers (implemented by ``agent.api.service``)."""
 
     def attach_pod(self, req: PodAttach) -> PodInfo: ...
-    def detach_pod(self, container_id: str) -> None: ...
+    def detach_pod(self, container_id: str, ifname: str = "") -> None: ...
     def list_pods(self) -> list[PodInfo]: ...
+    def pod_network(self) -> PodMtu: ...
     def members(self) -> list[dict[str, Any]]: ...
     def pod_stats(self) -> list[dict[str, Any]]: ...
     def flows(self) -> list[str]: ...
@@ -51,12 +59,17 @@ _Pod = TypeVar("_Pod", PodAttach, PodInfo)
 
 
 def pod_from_json(cls: type[_Pod], obj: Any) -> _Pod:
-    """``cls`` from a JSON object with every field of the declared type; 400 if not."""
+    """``cls`` from a JSON object with every field of the declared type; 400 if not.
+
+    A field with a default may be left out (``ifname``, ``primary_ip``: older clients).
+    """
     if not isinstance(obj, dict):
         raise ApiError(400, f"{cls.__name__}: expected a JSON object")
     out: dict[str, Any] = {}
     for f in fields(cls):
         want = int if f.type in ("int", int) else str  # annotations are strings (future import)
+        if f.name not in obj and f.default is not MISSING:
+            continue
         value = obj.get(f.name)
         # bool is an int subclass; an ofport of `true` is still a client bug
         if not isinstance(value, want) or isinstance(value, bool):
@@ -67,3 +80,14 @@ def pod_from_json(cls: type[_Pod], obj: Any) -> _Pod:
 
 def pod_to_json(pod: PodAttach) -> dict[str, Any]:
     return asdict(pod)
+
+
+def pod_mtu_from_json(obj: Any) -> PodMtu:
+    """The ``GET /v1/podnetwork`` answer; 502 if it is not one (the agent is at fault)."""
+    values: list[int] = []
+    for key in ("interfaceMTU", "routeMTU"):
+        value = obj.get(key) if isinstance(obj, dict) else None
+        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+            raise ApiError(502, f"pod network: expected a positive integer {key}, got {obj!r}")
+        values.append(value)
+    return PodMtu(interface=values[0], route=values[1])

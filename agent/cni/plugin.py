@@ -1,39 +1,47 @@
 """The ``mcast-cni`` CNI plugin (spec 1.0.0, also 0.4.0): ADD, DEL, CHECK, VERSION.
 
-This module owns the plugin's commands and their order of work: the veth pair (via
-``podnet``), IPAM delegated to another plugin binary found in ``CNI_PATH`` (host-local in
-tests), the agent attach/detach over the local API, and rolling back a half-done ADD.
+This module owns the plugin's commands and their order of work: the agent's say first (is the
+container attached already, which MTUs), the veth pair and the pod side (via ``podnet``), the
+addresses (via ``addressing``: IPAM or the primary /32), the agent attach/detach over the
+local API, and rolling back a half-done ADD. It runs standalone (the pod's only network),
+chained after the cluster's primary CNI (it adds its own interface, ``mc0``, beside the
+primary's), or as a Multus secondary network (``net1``); the primary interface, its routes
+and DNS are never touched.
 
 Contract with the runtime: stdout carries exactly one JSON document (a result or a CNI error)
 and nothing else; logs go to stderr, and to ``logFile`` when the network config names one.
 
 Decisions:
+- One multicast interface per pod: an ADD for a container the agent has attached through
+  another interface adds nothing and returns prevResult unchanged (chained and Multus both
+  configured would otherwise deliver every datagram twice).
 - ADD for a (container, ifname) that already has its host veth fails with code 101 and
   changes nothing: the spec forbids a second ADD without DEL, and undoing a duplicate would
   tear down the first, working attachment.
 - DEL does all local clean-up even when the agent cannot be reached, then reports code 11 so
-  the runtime retries; the retry finds only the agent detach left to do.
+  the runtime retries; the retry finds only the agent detach left to do. The detach names our
+  interface, so the DEL of a network that added nothing leaves the attachment alone.
 """
 
 from __future__ import annotations
 
 import errno
+import ipaddress
 import json
 import logging
 import os
-import subprocess
 import sys
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any, TextIO
 
 from pyroute2.netlink.exceptions import NetlinkError
 
 from agent.api.client import AgentClient
 from agent.api.types import ApiError
-from agent.cni import podnet
+from agent.cni import addressing, podnet
 from agent.cni.spec import (
     CURRENT_VERSION,
+    DEFAULT_MCAST_ROUTE,
     ERR_AGENT,
     ERR_ALREADY_EXISTS,
     ERR_CHECK,
@@ -41,7 +49,6 @@ from agent.cni.spec import (
     ERR_INTERNAL,
     ERR_INVALID_ENV,
     ERR_INVALID_NETCONF,
-    ERR_IPAM,
     ERR_NETLINK,
     ERR_TRY_AGAIN_LATER,
     SUPPORTED_VERSIONS,
@@ -51,12 +58,11 @@ from agent.cni.spec import (
     NetConf,
     Result,
 )
-from agent.interfacestore import PodAttach
+from agent.interfacestore import PodAttach, PodInfo
 
 log = logging.getLogger(__name__)
 
 AGENT_TIMEOUT = 10.0  # seconds; kubelet's own CNI timeout is minutes, the agent answers in ms
-IPAM_TIMEOUT = 60.0
 
 
 def _agent_error(exc: ApiError, doing: str) -> CniError:
@@ -65,52 +71,13 @@ def _agent_error(exc: ApiError, doing: str) -> CniError:
     return CniError(code, f"{doing}: {exc.message}", f"agent status {exc.status}")
 
 
-# -- IPAM delegation ---------------------------------------------------------------------------
-
-
-def _ipam_exec(env: CniEnv, conf: NetConf, stdin: bytes, command: str) -> dict[str, Any] | None:
-    """Run the IPAM plugin named by ``ipam.type`` with our env and stdin (CNI delegation)."""
-    assert conf.ipam is not None
-    plugin = conf.ipam["type"]
-    binary = next(
-        (Path(d) / plugin for d in env.path if os.access(Path(d) / plugin, os.X_OK)), None
-    )
-    if binary is None:
-        raise CniError(
-            ERR_INVALID_NETCONF,
-            f"IPAM plugin {plugin!r} not found in CNI_PATH",
-            os.pathsep.join(env.path),
-        )
-    child_env = dict(os.environ, CNI_COMMAND=command)
-    log.debug("IPAM %s %s", command, binary)
+def _attached_elsewhere(client: AgentClient, container_id: str, host: str) -> PodInfo | None:
+    """The container's attachment through another interface than ``host``, if it has one."""
     try:
-        proc = subprocess.run(
-            [str(binary)], input=stdin, env=child_env, capture_output=True, timeout=IPAM_TIMEOUT
-        )
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        raise CniError(ERR_IPAM, f"IPAM plugin {plugin} {command} failed: {exc}") from exc
-    out = proc.stdout.strip()
-    try:
-        parsed = json.loads(out) if out else None
-    except ValueError:
-        parsed = None
-    if proc.returncode != 0:
-        stderr = proc.stderr.decode(errors="replace").strip()
-        if isinstance(parsed, dict) and isinstance(parsed.get("code"), int):
-            # the delegate's own CNI error is the most precise answer: pass it on
-            raise CniError(
-                parsed["code"],
-                f"IPAM {plugin}: {parsed.get('msg', '')}",
-                str(parsed.get("details") or stderr),
-            )
-        raise CniError(
-            ERR_IPAM,
-            f"IPAM plugin {plugin} {command} exited {proc.returncode}",
-            stderr or out.decode(errors="replace"),
-        )
-    if command == "ADD" and not isinstance(parsed, dict):
-        raise CniError(ERR_IPAM, f"IPAM plugin {plugin} returned no result")
-    return parsed
+        pods = client.list_pods()
+    except ApiError as exc:
+        raise _agent_error(exc, "asking the agent for its pods") from exc
+    return next((p for p in pods if p.container_id == container_id and p.host_ifname != host), None)
 
 
 # -- commands ----------------------------------------------------------------------------------
@@ -136,68 +103,116 @@ class _Undo:
 
 
 def cmd_add(env: CniEnv, conf: NetConf, stdin: bytes) -> dict[str, Any]:
-    host = podnet.host_ifname(env.container_id, env.ifname)
+    ifname = addressing.multicast_ifname(env, conf)
+    host = podnet.host_ifname(env.container_id, ifname)
     if not os.path.exists(env.netns):
         raise CniError(ERR_INVALID_ENV, f"CNI_NETNS {env.netns} does not exist")
+    client = AgentClient(conf.agent_socket, timeout=AGENT_TIMEOUT)
+    other = _attached_elsewhere(client, env.container_id, host)
+    if other is not None:
+        # one multicast interface per pod (chained and Multus both configured, say): the
+        # agent keeps one port per container and would refuse a second attach anyway
+        log.warning(
+            "container %s already has its multicast interface (%s, host %s): %s adds nothing",
+            env.container_id,
+            other.ifname or "?",
+            other.host_ifname,
+            ifname,
+        )
+        if conf.prev_result is None:
+            return Result().to_json(conf.cni_version)
+        return {**conf.prev_result, "cniVersion": conf.cni_version}
     try:
         host_taken = podnet.link_exists(host)
-        pod_taken = podnet.link_exists(env.ifname, env.netns)
+        pod_taken = podnet.link_exists(ifname, env.netns)
     except (NetlinkError, OSError) as exc:
         raise CniError(ERR_NETLINK, f"inspecting {env.netns}: {exc}") from exc
     if host_taken:
         raise CniError(
             ERR_ALREADY_EXISTS,
-            f"container {env.container_id} {env.ifname} is already set up "
+            f"container {env.container_id} {ifname} is already set up "
             f"(host interface {host} exists); DEL it first",
         )
     if pod_taken:
-        raise CniError(ERR_ALREADY_EXISTS, f"interface {env.ifname} already exists in {env.netns}")
+        raise CniError(ERR_ALREADY_EXISTS, f"interface {ifname} already exists in {env.netns}")
+    try:
+        mtus = client.pod_network()
+    except ApiError as exc:
+        raise _agent_error(exc, "asking the agent for the pod network's MTUs") from exc
+    # netconf 'mtu' sizes the interface; the route still has to fit the tunnel
+    route_mtu = mtus.route if conf.mtu is None else min(mtus.route, conf.mtu)
+    primary = None if conf.ipam is not None else addressing.primary_address(env, conf, ifname)
 
     undo = _Undo()
     try:
         try:
-            veth = podnet.create_veth(host, env.ifname, env.netns, conf.mtu)
+            veth = podnet.create_veth(host, ifname, env.netns, conf.mtu or mtus.interface)
         except NetlinkError as exc:
             code = ERR_ALREADY_EXISTS if exc.code == errno.EEXIST else ERR_NETLINK
-            raise CniError(code, f"creating veth {host}/{env.ifname}: {exc}") from exc
+            raise CniError(code, f"creating veth {host}/{ifname}: {exc}") from exc
         undo.push(f"delete veth {host}", lambda: podnet.delete_link(host))
 
         ipam = Result()
         if conf.ipam is not None:
-            ipam = Result.parse(_ipam_exec(env, conf, stdin, "ADD"), "IPAM result")
-            undo.push("IPAM DEL", lambda: _ipam_exec(env, conf, stdin, "DEL"))
+            ipam = Result.parse(addressing.ipam_exec(env, conf, stdin, "ADD"), "IPAM result")
+            undo.push("IPAM DEL", lambda: addressing.ipam_exec(env, conf, stdin, "DEL"))
 
         # interfaces[0] is the host end, [1] the pod end: IPs belong to the pod end
         ips = [IpConfig(ip.address, ip.gateway, 1) for ip in ipam.ips]
+        if primary is not None:
+            # the primary address again, alone: datagrams carry the pod's real source, no
+            # subnet route competes with the primary interface's, and the result lists the
+            # address once (under the primary interface)
+            ips = [IpConfig(ipaddress.IPv4Interface(f"{primary}/32"), None, 1)]
         try:
             routes = podnet.configure_pod(
-                env.netns, env.ifname, ips, ipam.routes, conf.multicast_route
+                env.netns, ifname, ips, ipam.routes, conf.multicast_route, route_mtu
             )
+            # loose: multicast from a source routed via the primary interface is not dropped
+            # when the runtime made rp_filter strict (the kernel applies max(all, interface))
+            podnet.set_ip_conf(env.netns, ifname, "rp_filter", podnet.RP_FILTER_LOOSE)
+            # IPv4 multicast is all br-int carries: IPv6 on this interface would only send
+            # router solicitations and MLD reports for br-int to drop (and count as noise)
+            try:
+                podnet.set_ip_conf(env.netns, ifname, "disable_ipv6", 1, family="ipv6")
+            except OSError as exc:  # a kernel without IPv6 has nothing to disable
+                log.warning("cannot disable IPv6 on %s: %s", ifname, exc)
             if not conf.tx_checksum_offload:
                 # the userspace (netdev) datapath forwards veth frames with the partial
                 # checksum unresolved, so receivers drop UDP; the kernel datapath copes
-                podnet.set_tx_checksum(env.ifname, False, env.netns)
+                podnet.set_tx_checksum(ifname, False, env.netns)
                 podnet.set_tx_checksum(host, False)
         except (NetlinkError, OSError) as exc:
-            raise CniError(ERR_NETLINK, f"configuring {env.ifname} in {env.netns}: {exc}") from exc
+            raise CniError(ERR_NETLINK, f"configuring {ifname} in {env.netns}: {exc}") from exc
 
         v4 = [ip for ip in ips if ip.address.version == 4]
         first_ip = str((v4 or ips)[0].address.ip) if ips else ""
+        if primary is not None:
+            primary_ip = str(primary)
+        else:
+            primary_ip = addressing.primary_of(env, conf, ifname)
         req = PodAttach(
-            env.pod_namespace, env.pod_name, env.container_id, host, first_ip, veth.pod_mac
+            env.pod_namespace,
+            env.pod_name,
+            env.container_id,
+            host,
+            first_ip,
+            veth.pod_mac,
+            ifname=ifname,
+            primary_ip=primary_ip,
         )
-        client = AgentClient(conf.agent_socket, timeout=AGENT_TIMEOUT)
         # a timed-out attach may still have happened: detaching an unknown pod is harmless
-        undo.push("agent detach", lambda: client.detach_pod(env.container_id))
+        undo.push("agent detach", lambda: client.detach_pod(env.container_id, ifname))
         try:
             info = client.attach_pod(req)
         except ApiError as exc:
             raise _agent_error(exc, f"agent attach of {host}") from exc
         log.info(
-            "attached %s/%s (%s) as %s, ofport %d",
+            "attached %s/%s (%s) %s as %s, ofport %d",
             req.namespace,
             req.name,
             env.container_id,
+            ifname,
             host,
             info.ofport,
         )
@@ -206,43 +221,28 @@ def cmd_add(env: CniEnv, conf: NetConf, stdin: bytes) -> dict[str, Any]:
         raise
 
     result = Result(
-        ips=ips,
+        ips=ips if primary is None else [],
         routes=routes,
         dns=ipam.dns,
         interfaces=[
             {"name": host, "mac": veth.host_mac},
-            {"name": env.ifname, "mac": veth.pod_mac, "sandbox": env.netns},
+            {"name": ifname, "mac": veth.pod_mac, "sandbox": env.netns},
         ],
     )
-    return _merge_prev(conf.prev_result, result).to_json(conf.cni_version)
-
-
-def _merge_prev(prev: dict[str, Any] | None, ours: Result) -> Result:
-    """Chained after another plugin: keep its result and append ours (indices shifted)."""
-    if not prev:
-        return ours
-    before = Result.parse(prev, "prevResult")
-    shift = len(before.interfaces)
-    return Result(
-        ips=before.ips
-        + [
-            IpConfig(ip.address, ip.gateway, ip.interface + shift)
-            if ip.interface is not None
-            else ip
-            for ip in ours.ips
-        ],
-        routes=before.routes + ours.routes,
-        dns=before.dns or ours.dns,
-        interfaces=before.interfaces + ours.interfaces,
-    )
+    return addressing.merge_prev(conf.prev_result, result).to_json(conf.cni_version)
 
 
 def cmd_del(env: CniEnv, conf: NetConf, stdin: bytes) -> None:
-    """Idempotent: whatever is already gone (netns, veth, agent pod, IP) is fine."""
-    host = podnet.host_ifname(env.container_id, env.ifname)
+    """Idempotent: whatever is already gone (netns, veth, agent pod, IP) is fine.
+
+    The detach names our interface, so the DEL of a network that added nothing (the container
+    had its multicast interface already) leaves the other network's attachment alone.
+    """
+    ifname = addressing.multicast_ifname(env, conf)
+    host = podnet.host_ifname(env.container_id, ifname)
     agent_failure: CniError | None = None
     try:
-        AgentClient(conf.agent_socket, timeout=AGENT_TIMEOUT).detach_pod(env.container_id)
+        AgentClient(conf.agent_socket, timeout=AGENT_TIMEOUT).detach_pod(env.container_id, ifname)
     except ApiError as exc:
         agent_failure = _agent_error(exc, f"agent detach of {env.container_id}")
         log.warning("%s; cleaning up locally anyway", agent_failure.msg)
@@ -251,7 +251,7 @@ def cmd_del(env: CniEnv, conf: NetConf, stdin: bytes) -> None:
     except (NetlinkError, OSError) as exc:
         raise CniError(ERR_NETLINK, f"deleting {host}: {exc}") from exc
     if conf.ipam is not None:
-        _ipam_exec(env, conf, stdin, "DEL")
+        addressing.ipam_exec(env, conf, stdin, "DEL")
     if agent_failure is not None:
         raise agent_failure
 
@@ -260,46 +260,70 @@ def cmd_check(env: CniEnv, conf: NetConf, stdin: bytes) -> None:
     if conf.prev_result is None:
         raise CniError(ERR_INVALID_NETCONF, "CHECK needs prevResult")
     prev = Result.parse(conf.prev_result, "prevResult")
-    host = podnet.host_ifname(env.container_id, env.ifname)
+    ifname = addressing.multicast_ifname(env, conf)
+    host = podnet.host_ifname(env.container_id, ifname)
     if not os.path.exists(env.netns):
         raise CniError(ERR_CONTAINER_UNKNOWN, f"CNI_NETNS {env.netns} does not exist")
-    if conf.ipam is not None:
-        _ipam_exec(env, conf, stdin, "CHECK")
-    try:
-        pod = podnet.inspect_pod(env.netns, env.ifname)
-        host_ok = podnet.link_exists(host)
-    except (NetlinkError, OSError) as exc:
-        raise CniError(ERR_NETLINK, f"inspecting {env.ifname} in {env.netns}: {exc}") from exc
-    if pod is None:
-        raise CniError(ERR_CHECK, f"{env.ifname} missing in {env.netns}")
-    if not host_ok:
-        raise CniError(ERR_CHECK, f"host interface {host} missing")
-
-    ours = [
-        i
-        for i, itf in enumerate(prev.interfaces)
-        if itf.get("name") == env.ifname and itf.get("sandbox")
-    ]
-    for i in ours:
-        mac = prev.interfaces[i].get("mac")
-        if mac and mac.lower() != pod.mac.lower():
-            raise CniError(ERR_CHECK, f"{env.ifname} has MAC {pod.mac}, prevResult says {mac}")
-    for ip in prev.ips:
-        if (ip.interface is None or ip.interface in ours) and ip.address not in pod.addresses:
-            raise CniError(ERR_CHECK, f"{env.ifname} in {env.netns} lacks {ip.address}")
-    for route in prev.routes:
-        if not any(
-            dst == str(route.dst) and (route.gw is None or gw == str(route.gw))
-            for dst, gw in pod.routes
-        ):
-            raise CniError(ERR_CHECK, f"route to {route.dst} via {env.ifname} missing")
-
     try:
         pods = AgentClient(conf.agent_socket, timeout=AGENT_TIMEOUT).list_pods()
     except ApiError as exc:
         raise _agent_error(exc, "asking the agent for its pods") from exc
-    if not any(p.container_id == env.container_id and p.host_ifname == host for p in pods):
-        raise CniError(ERR_CHECK, f"the agent does not know container {env.container_id} on {host}")
+    attached = next((p for p in pods if p.container_id == env.container_id), None)
+    if attached is None:
+        raise CniError(ERR_CHECK, f"the agent does not know container {env.container_id}")
+    # our interfaces in prevResult: the host veth and the pod end
+    ours = {
+        i
+        for i, itf in enumerate(prev.interfaces)
+        if itf.get("name") == host or (itf.get("name") == ifname and itf.get("sandbox"))
+    }
+    if attached.host_ifname != host:
+        if ours:
+            raise CniError(
+                ERR_CHECK,
+                f"the agent knows container {env.container_id} on {attached.host_ifname}, "
+                f"not {host}",
+            )
+        log.info("%s added nothing (attached through %s)", ifname, attached.host_ifname)
+        return
+    if conf.ipam is not None:
+        addressing.ipam_exec(env, conf, stdin, "CHECK")
+    try:
+        pod = podnet.inspect_pod(env.netns, ifname)
+        host_ok = podnet.link_exists(host)
+        rp_filter = max(
+            podnet.get_ip_conf(env.netns, "all", "rp_filter"),
+            podnet.get_ip_conf(env.netns, ifname, "rp_filter") if pod else 0,
+        )
+    except (NetlinkError, OSError) as exc:
+        raise CniError(ERR_NETLINK, f"inspecting {ifname} in {env.netns}: {exc}") from exc
+    if pod is None:
+        raise CniError(ERR_CHECK, f"{ifname} missing in {env.netns}")
+    if not host_ok:
+        raise CniError(ERR_CHECK, f"host interface {host} missing")
+    if rp_filter == 1:
+        raise CniError(ERR_CHECK, f"rp_filter on {ifname} in {env.netns} is strict")
+
+    for i in ours:
+        mac = prev.interfaces[i].get("mac")
+        if prev.interfaces[i].get("sandbox") and mac and mac.lower() != pod.mac.lower():
+            raise CniError(ERR_CHECK, f"{ifname} has MAC {pod.mac}, prevResult says {mac}")
+    alone = len(ours) == len(prev.interfaces)  # prevResult is ours only: standalone
+    if conf.ipam is None:
+        want = ipaddress.IPv4Interface(f"{addressing.primary_address(env, conf, ifname)}/32")
+        if want not in pod.addresses:
+            raise CniError(ERR_CHECK, f"{ifname} in {env.netns} lacks the primary address {want}")
+    for ip in prev.ips if conf.ipam is not None else []:
+        mine = ip.interface in ours or (ip.interface is None and alone)
+        if mine and ip.address not in pod.addresses:
+            raise CniError(ERR_CHECK, f"{ifname} in {env.netns} lacks {ip.address}")
+    # chained, the other routes are the primary plugin's business
+    for route in [r for r in prev.routes if alone or r.dst == DEFAULT_MCAST_ROUTE]:
+        if not any(
+            dst == str(route.dst) and (route.gw is None or gw == str(route.gw))
+            for dst, gw in pod.routes
+        ):
+            raise CniError(ERR_CHECK, f"route to {route.dst} via {ifname} missing")
 
 
 # -- entry point -------------------------------------------------------------------------------

@@ -1,9 +1,11 @@
-"""Kernel-side work of the mcast-cni plugin: the veth pair, pod addressing, tx checksum.
+"""Kernel-side work of the mcast-cni plugin: the veth pair, pod addressing, sysctls, tx checksum.
 
-This module owns every netlink and ethtool operation of the plugin. The plugin runs in the
-node's network namespace; pod-side work is done through sockets created inside the pod's
+This module owns every netlink, sysctl and ethtool operation of the plugin. The plugin runs in
+the node's network namespace; pod-side work is done through sockets created inside the pod's
 namespace (pyroute2 forks a short-lived helper that calls setns(2) and hands the socket
-back), so this process never switches namespace itself.
+back), so this process never switches namespace itself. Sysctls under /proc/sys/net belong to
+the network namespace of the process that opens them, so they are read and written by a
+forked child that enters the pod's namespace first.
 
 No shelling out: netlink goes through pyroute2; tx checksum offload is switched with the
 legacy SIOCETHTOOL/ETHTOOL_STXCSUM ioctl, which the kernel maps onto the feature bits
@@ -22,7 +24,7 @@ import logging
 import os
 import socket
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -37,7 +39,10 @@ log = logging.getLogger(__name__)
 SIOCETHTOOL = 0x8946
 ETHTOOL_GTXCSUM = 0x16
 ETHTOOL_STXCSUM = 0x17
+RT_SCOPE_UNIVERSE = 0
 RT_SCOPE_LINK = 253
+RT_TABLE_MAIN = 254
+RP_FILTER_LOOSE = 2
 
 
 def host_ifname(container_id: str, ifname: str) -> str:
@@ -127,12 +132,19 @@ def delete_link(ifname: str) -> bool:
 
 
 def configure_pod(
-    netns: str, ifname: str, ips: list[IpConfig], routes: list[Route], multicast_route: bool
+    netns: str,
+    ifname: str,
+    ips: list[IpConfig],
+    routes: list[Route],
+    multicast_route: bool,
+    route_mtu: int | None = None,
 ) -> list[Route]:
     """Addresses, routes and lo inside the pod; returns the routes actually installed.
 
     A route without a gateway goes via the gateway IPAM gave for its family, or is on-link if
     there is none (as the reference plugins do). No default route unless IPAM returns one.
+    The 224.0.0.0/4 route carries ``route_mtu`` (RTAX_MTU): the pod's kernel fragments larger
+    datagrams so that they fit the tunnel.
     """
     installed: list[Route] = []
     with _ipr(netns) as ipr:
@@ -154,7 +166,7 @@ def configure_pod(
         has_v4 = any(ip.address.version == 4 for ip in ips)
         if multicast_route and has_v4 and mroute.dst not in {r.dst for r in routes}:
             try:
-                _add_route(ipr, idx, mroute, None)
+                _add_route(ipr, idx, mroute, None, route_mtu)
                 installed.append(mroute)
             except NetlinkError as exc:
                 if exc.code != errno.EEXIST:
@@ -165,8 +177,12 @@ def configure_pod(
     return installed
 
 
-def _add_route(ipr: IPRoute, idx: int, route: Route, gw: IPAddress | None) -> None:
+def _add_route(
+    ipr: IPRoute, idx: int, route: Route, gw: IPAddress | None, mtu: int | None = None
+) -> None:
     kwargs: dict[str, object] = {"dst": str(route.dst), "oif": idx}
+    if mtu is not None:
+        kwargs["metrics"] = {"mtu": mtu}
     if route.dst.version == 6:
         kwargs["family"] = socket.AF_INET6
     if gw is not None:
@@ -210,6 +226,97 @@ def inspect_pod(netns: str, ifname: str) -> PodIface | None:
 
 def _any(family: int) -> str:
     return "::" if family == socket.AF_INET6 else "0.0.0.0"
+
+
+def primary_ipv4(netns: str, exclude: str | None = None) -> ipaddress.IPv4Address | None:
+    """The pod's primary IPv4 address, as its own network gave it; None if it has none.
+
+    The first global-scope IPv4 address of the interface that holds the default route, else of
+    any other interface (in index order); ``exclude`` (our own interface) and lo never count.
+    """
+    with _ipr(netns) as ipr:
+        names = {link["index"]: link.get("ifname") for link in ipr.get_links()}
+        default_oifs = [
+            oif
+            for r in ipr.get_routes(family=socket.AF_INET)
+            if r["dst_len"] == 0 and r.get("table") == RT_TABLE_MAIN
+            for oif in [r.get("oif")] + [nh.get("oif") for nh in r.get("multipath") or []]
+            if oif is not None
+        ]
+        addrs: dict[int, list[str]] = {}
+        for a in ipr.get_addr(family=socket.AF_INET):
+            if a["scope"] == RT_SCOPE_UNIVERSE:
+                addrs.setdefault(a["index"], []).append(a.get("address"))
+    for idx in dict.fromkeys(default_oifs + sorted(names)):  # ordered, without repeats
+        if names.get(idx) not in (exclude, "lo") and addrs.get(idx):
+            return ipaddress.IPv4Address(addrs[idx][0])
+    return None
+
+
+# -- sysctls, inside the pod's network namespace -----------------------------------------------
+
+
+def _in_netns(netns: str, fn: Callable[[], bytes]) -> bytes:
+    """Run ``fn`` in a forked child that entered ``netns``; its bytes, or its error as OSError.
+
+    setns(2) in this process would move the plugin itself (and its later netlink sockets); a
+    child that exits at once cannot leak the namespace anywhere.
+    """
+    if not os.path.exists(netns):
+        raise FileNotFoundError(errno.ENOENT, "network namespace not found", netns)
+    rfd, wfd = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: never returns, never runs the parent's clean-ups
+        code = 0
+        try:
+            os.close(rfd)
+            pr_netns.setns(netns, flags=0)
+            out = fn()
+        except BaseException as exc:
+            out, code = f"{type(exc).__name__}: {exc}".encode(), 1
+        try:
+            os.write(wfd, out)
+        finally:
+            os._exit(code)
+    os.close(wfd)
+    with os.fdopen(rfd, "rb") as pipe:
+        out = pipe.read()
+    _, status = os.waitpid(pid, 0)
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise OSError(f"in {netns}: {out.decode(errors='replace') or 'child failed'}")
+    return out
+
+
+def _sysctl_path(ifname: str, key: str, family: str) -> str:
+    if "/" in ifname or ifname in ("", ".", ".."):
+        raise ValueError(f"{ifname!r} is not an interface name")
+    if family not in ("ipv4", "ipv6"):
+        raise ValueError(f"{family!r} is not ipv4 or ipv6")
+    return f"/proc/sys/net/{family}/conf/{ifname}/{key}"
+
+
+def set_ip_conf(netns: str, ifname: str, key: str, value: int, family: str = "ipv4") -> None:
+    """``net.<family>.conf.<ifname>.<key> = value`` inside ``netns``."""
+    path = _sysctl_path(ifname, key, family)
+
+    def write() -> bytes:
+        with open(path, "w") as f:
+            f.write(str(value))
+        return b""
+
+    _in_netns(netns, write)
+    log.debug("%s: %s = %d", netns, path, value)
+
+
+def get_ip_conf(netns: str, ifname: str, key: str, family: str = "ipv4") -> int:
+    """``net.<family>.conf.<ifname>.<key>`` inside ``netns``."""
+    path = _sysctl_path(ifname, key, family)
+
+    def read() -> bytes:
+        with open(path, "rb") as f:
+            return f.read()
+
+    return int(_in_netns(netns, read))
 
 
 # -- tx checksum offload (ethtool ioctl) -------------------------------------------------------

@@ -38,6 +38,7 @@ ERR_AGENT = 102  # the agent answered, with an error
 ERR_NETLINK = 103  # a netlink or ethtool operation failed
 ERR_IPAM = 104  # the IPAM plugin failed without a CNI error of its own
 ERR_CHECK = 105  # CHECK found the container's networking different from prevResult
+ERR_NO_ADDRESS = 106  # no ipam, and no primary IPv4 address to give the multicast interface
 
 COMMANDS = ("ADD", "DEL", "CHECK", "VERSION")
 _IFNAME = re.compile(r"^[^\s/:]{1,15}$")
@@ -89,7 +90,7 @@ class CniEnv:
         if missing:
             raise CniError(ERR_INVALID_ENV, f"missing environment: {', '.join(missing)}")
         ifname = environ["CNI_IFNAME"]
-        if not _IFNAME.match(ifname) or ifname in (".", ".."):
+        if not valid_ifname(ifname):
             raise CniError(ERR_INVALID_ENV, f"CNI_IFNAME {ifname!r} is not a valid interface name")
         return cls(
             command=command,
@@ -99,6 +100,11 @@ class CniEnv:
             args=_parse_args(environ.get("CNI_ARGS", "")),
             path=tuple(p for p in environ["CNI_PATH"].split(os.pathsep) if p),
         )
+
+
+def valid_ifname(name: str) -> bool:
+    """A Linux interface name: 1-15 bytes, no '/', ':' or blank, not '.' or '..'."""
+    return bool(_IFNAME.match(name)) and name not in (".", "..")
 
 
 def _parse_args(raw: str) -> dict[str, str]:
@@ -125,6 +131,7 @@ class NetConf:
     multicast_route: bool = True  # add 224.0.0.0/4 via the pod interface
     log_file: str | None = None
     prev_result: dict[str, Any] | None = None
+    interface_name: str | None = None  # our pod-side interface; see plugin.multicast_ifname
 
     @classmethod
     def parse(cls, raw: bytes) -> NetConf:
@@ -162,6 +169,11 @@ class NetConf:
         mtu = get("mtu", int)
         if mtu is not None and not 68 <= mtu <= 65535:
             raise CniError(ERR_INVALID_NETCONF, f"netconf 'mtu' {mtu} out of range 68..65535")
+        ifname = get("interfaceName", str)
+        if ifname is not None and not valid_ifname(ifname):
+            raise CniError(
+                ERR_INVALID_NETCONF, f"netconf 'interfaceName' {ifname!r} is not an interface name"
+            )
         return cls(
             cni_version=version,
             name=name,
@@ -172,6 +184,7 @@ class NetConf:
             multicast_route=get("multicastRoute", bool, True),
             log_file=get("logFile", str),
             prev_result=get("prevResult", dict),
+            interface_name=ifname,
         )
 
 

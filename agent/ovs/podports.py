@@ -1,7 +1,7 @@
 """Pod ports on br-int through OVSDB: attach, detach, and find the pods a previous run left.
 
-A pod's identity (namespace, name, container id, IP, MAC) is kept in its port's external_ids,
-so a restarted agent re-adopts its pods from OVSDB alone.
+A pod's identity (namespace, name, container id, IP, MAC, pod-side interface name, primary IP)
+is kept in its port's external_ids, so a restarted agent re-adopts its pods from OVSDB alone.
 """
 
 from __future__ import annotations
@@ -19,7 +19,8 @@ class OvsdbPodPorts:
 
     def add_pod_port(self, pod: PodAttach) -> int:
         ext = {**pod_external_ids(pod.namespace, pod.name, pod.container_id),
-               "pod-ip": pod.ip, "pod-mac": pod.mac}
+               "pod-ip": pod.ip, "pod-mac": pod.mac, "pod-ifname": pod.ifname,
+               "pod-primary-ip": pod.primary_ip}
         return self._db.add_pod_port(pod.host_ifname, ext, bridge=self._bridge)
 
     def del_port(self, ifname: str) -> None:
@@ -36,4 +37,5 @@ def pod_from_port(port: PortInfo) -> PodInfo | None:
         return None
     return PodInfo(namespace=ext.get("pod-namespace", ""), name=ext.get("pod-name", ""),
                    container_id=ext["container-id"], host_ifname=port.name,
-                   ip=ext.get("pod-ip", ""), mac=ext.get("pod-mac", ""), ofport=port.ofport)
+                   ip=ext.get("pod-ip", ""), mac=ext.get("pod-mac", ""), ofport=port.ofport,
+                   ifname=ext.get("pod-ifname", ""), primary_ip=ext.get("pod-primary-ip", ""))

@@ -19,8 +19,9 @@ import pytest
 
 from agent.api.client import AgentClient
 from agent.api.server import LocalApiServer
-from agent.api.types import AgentApi, ApiError
+from agent.api.types import AgentApi, ApiError, pod_mtu_from_json
 from agent.interfacestore import PodAttach, PodInfo
+from agent.podnetwork import PodMtu
 from wire.nodes import NodeInfo
 
 
@@ -30,6 +31,7 @@ class DictAgent:
     def __init__(self) -> None:
         self.pods: dict[str, PodInfo] = {}
         self.nodes: list[NodeInfo] = []
+        self.detaches: list[tuple[str, str]] = []  # (container id, ifname) as received
         self.next_ofport = 1
         self.fail_with: Exception | None = None
         self.lock = threading.Lock()
@@ -48,9 +50,13 @@ class DictAgent:
         self.pods[req.container_id] = info
         return info
 
-    def detach_pod(self, container_id: str) -> None:
+    def detach_pod(self, container_id: str, ifname: str = "") -> None:
         self._maybe_fail()
+        self.detaches.append((container_id, ifname))
         self.pods.pop(container_id, None)
+
+    def pod_network(self) -> PodMtu:
+        return PodMtu(interface=1500, route=1450)
 
     def list_pods(self) -> list[PodInfo]:
         self._maybe_fail()
@@ -171,6 +177,54 @@ def test_container_id_is_url_quoted(client: AgentClient, agent: DictAgent) -> No
     client.attach_pod(PodAttach("ns", "odd", odd, "mcbbbb", "", "02:00:00:00:00:07"))
     client.detach_pod(odd)
     assert odd not in agent.pods
+
+
+def test_detach_names_the_pod_interface(client: AgentClient, agent: DictAgent) -> None:
+    client.attach_pod(POD)
+    client.detach_pod("c0ffee", "net1")
+    client.detach_pod("c0ffee", "odd name&x=1")
+    client.detach_pod("c0ffee")
+    assert agent.detaches == [("c0ffee", "net1"), ("c0ffee", "odd name&x=1"), ("c0ffee", "")]
+
+
+def test_ifname_given_twice_is_400(server: LocalApiServer, agent: DictAgent) -> None:
+    status, _, body = raw_request(server.path, "DELETE", "/v1/pods/c0ffee?ifname=a&ifname=b")
+    assert status == 400 and "ifname" in json.loads(body)["error"] and agent.detaches == []
+
+
+def test_pod_network(client: AgentClient, server: LocalApiServer) -> None:
+    assert client.pod_network() == PodMtu(interface=1500, route=1450)
+    status, _, body = raw_request(server.path, "GET", "/v1/podnetwork")
+    assert (status, json.loads(body)) == (200, {"interfaceMTU": 1500, "routeMTU": 1450})
+    status, headers, _ = raw_request(server.path, "POST", "/v1/podnetwork", b"{}")
+    assert status == 405 and headers["Allow"] == "GET"
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [None, [], {"interfaceMTU": 1500}, {"interfaceMTU": 1500, "routeMTU": "1450"},
+     {"interfaceMTU": True, "routeMTU": 1450}, {"interfaceMTU": 0, "routeMTU": 1450}],
+)
+def test_a_bad_pod_network_answer_is_502(answer: object) -> None:
+    with pytest.raises(ApiError) as exc:
+        pod_mtu_from_json(answer)
+    assert exc.value.status == 502
+
+
+def test_pod_interface_fields_are_optional_in_json(
+    server: LocalApiServer, client: AgentClient
+) -> None:
+    old = {k: v for k, v in asdict(POD).items() if k not in ("ifname", "primary_ip")}
+    status, _, body = raw_request(server.path, "POST", "/v1/pods", json.dumps(old).encode())
+    assert status == 201 and json.loads(body) | {"ofport": 0} == asdict(POD) | {"ofport": 0}
+    [pod] = client.list_pods()
+    assert (pod.ifname, pod.primary_ip) == ("", "")
+    new = asdict(POD) | {"container_id": "c2", "ifname": "mc0", "primary_ip": "10.0.0.9"}
+    assert client.attach_pod(PodAttach(**new)).primary_ip == "10.0.0.9"
+    status, _, body = raw_request(
+        server.path, "POST", "/v1/pods", json.dumps(new | {"ifname": 0}).encode()
+    )
+    assert status == 400 and "PodAttach.ifname" in json.loads(body)["error"]
 
 
 def test_handler_api_error_keeps_status_and_message(client: AgentClient) -> None:

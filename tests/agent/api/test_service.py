@@ -22,6 +22,7 @@ from agent.flowsync.reconciler import Reconciler
 from agent.interfacestore import PodAttach, PodInfo
 from agent.multicast.core import MulticastCore
 from agent.multicast.igmp.packets import GroupRecord, RecordType, build_v3_reports
+from agent.podnetwork import PodMtu, pod_mtu
 from pipeline.layout import multicast_pipeline
 from pipeline.multicast import BridgeConfig, Mode
 from wire.nodes import NodeInfo
@@ -36,7 +37,7 @@ def served(tmp_path: Path) -> Iterator[tuple[AgentClient, MulticastCore]]:
     switch = TableSwitch(tunnel_ports=(TUNNEL,))
     core = MulticastCore(cfg, bridge, switch, Reconciler(switch, multicast_pipeline()), Ports())
     core.start()
-    service = AgentService(core, switch, multicast_pipeline())
+    service = AgentService(core, switch, multicast_pipeline(), pod_mtu(1500, True, "vxlan"))
     assert isinstance(service, AgentApi)
     with LocalApiServer(tmp_path / "agent.sock", service) as server:
         yield AgentClient(server.path), core
@@ -84,3 +85,30 @@ def test_a_bad_node_set_is_refused_before_the_core(served) -> None:
         client._call("PUT", "/v1/nodes", {"nodes": [{"name": "n2", "ips": ["not-an-ip"]}]})
     assert exc.value.status == 400 and "nodes[0].ips" in exc.value.message
     assert core.node_ips() == []
+
+
+def test_detach_only_through_the_named_interface(served) -> None:
+    client, _ = served
+    client.attach_pod(PodAttach(**{**POD.__dict__, "ifname": "mc0", "primary_ip": POD.ip}))
+    client.detach_pod(POD.container_id, "net1")  # another network's DEL: nothing happens
+    [pod] = client.list_pods()
+    assert (pod.ifname, pod.primary_ip) == ("mc0", POD.ip)
+    client.detach_pod("cid-unknown", "mc0")
+    client.detach_pod(POD.container_id, "mc0")
+    assert client.list_pods() == []
+
+
+def test_detach_of_an_attachment_without_a_name(served) -> None:
+    client, _ = served
+    client.attach_pod(POD)  # an older plugin: no ifname
+    client.detach_pod(POD.container_id, "net1")
+    assert client.list_pods() == []
+
+
+def test_pod_network_is_the_agents(served, tmp_path: Path) -> None:
+    client, core = served
+    assert client.pod_network() == PodMtu(interface=1500, route=1450)
+    bare = AgentService(core, TableSwitch(), multicast_pipeline())  # started without MTUs
+    with LocalApiServer(tmp_path / "bare.sock", bare) as server, pytest.raises(ApiError) as exc:
+        AgentClient(server.path).pod_network()
+    assert exc.value.status == 503
