@@ -1,4 +1,4 @@
-"""The ``mcast-cni`` CNI plugin (spec 1.0.0, also 0.4.0): ADD, DEL, CHECK, VERSION.
+"""The ``mcast-cni`` CNI plugin (spec 1.0.0, also 0.4.0 and 0.3.x): ADD, DEL, CHECK, VERSION.
 
 This module owns the plugin's commands and their order of work: the agent's say first (is the
 container attached already, which MTUs), the veth pair and the pod side (via ``podnet``), the

@@ -2,7 +2,8 @@
 
 This module owns parsing what the runtime hands the plugin (``CNI_*`` variables and the
 network configuration on stdin), parsing what the delegated IPAM plugin returns, and
-rendering our result and error JSON in the version the runtime asked for (0.4.0 or 1.0.0).
+rendering our result and error JSON in the version the runtime asked for (0.3.x, 0.4.0 or
+1.0.0).
 It does no I/O beyond ``os.environ``.
 """
 
@@ -19,7 +20,9 @@ IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
-SUPPORTED_VERSIONS = ("0.4.0", "1.0.0")
+# 0.3.x because stock Calico and flannel conflists still say 0.3.1, and the runtime hands a
+# conflist's version to every plugin chained in it. 0.3.x has no CHECK; results are 0.4.0's.
+SUPPORTED_VERSIONS = ("0.3.0", "0.3.1", "0.4.0", "1.0.0")
 CURRENT_VERSION = "1.0.0"
 DEFAULT_MCAST_ROUTE = ipaddress.ip_network("224.0.0.0/4")
 
@@ -215,7 +218,7 @@ class Result:
 
     @classmethod
     def parse(cls, obj: Any, what: str = "result") -> Result:
-        """Parse a 0.4.0 or 1.0.0 result (IPAM output or prevResult)."""
+        """Parse a 0.3.x, 0.4.0 or 1.0.0 result (IPAM output or prevResult)."""
         try:
             ips = [
                 IpConfig(
@@ -242,7 +245,7 @@ class Result:
         ips = []
         for ip in self.ips:
             entry: dict[str, Any] = {"address": str(ip.address)}
-            if version == "0.4.0":
+            if version != "1.0.0":
                 entry["version"] = str(ip.address.version)  # dropped from the spec in 1.0
             if ip.gateway is not None:
                 entry["gateway"] = str(ip.gateway)

@@ -35,7 +35,7 @@ def lab(tmp_path: Path) -> Iterator[Lab]:
 def test_version(lab: Lab) -> None:
     rc, out = lab.cni("VERSION", b"", CNI_CONTAINERID="", CNI_NETNS="")
     assert rc == 0
-    assert out == {"cniVersion": "1.0.0", "supportedVersions": ["0.4.0", "1.0.0"]}
+    assert out == {"cniVersion": "1.0.0", "supportedVersions": ["0.3.0", "0.3.1", "0.4.0", "1.0.0"]}
 
 
 def test_add_check_del(lab: Lab) -> None:

@@ -52,7 +52,7 @@ def _multicast_routes(lab: Lab, ifname: str) -> list[tuple[str, Any]]:
     return [(r["dst"], r.get("metrics")) for r in lab.routes(ifname)]
 
 
-@pytest.mark.parametrize("version", ["1.0.0", "0.4.0"])
+@pytest.mark.parametrize("version", ["1.0.0", "0.4.0", "0.3.1"])
 def test_chained_after_the_primary(lab: Lab, version: str) -> None:
     prev, primary_ip = _primary(lab, version)
     before = _primary_state(lab)
