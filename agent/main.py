@@ -123,7 +123,9 @@ class Agent:
         rates = cfg.punt_rates
         bridge = BridgeConfig(cfg.encap_mode, round_, cfg.node_ip, mac, tunnel_port=tunnel,
                               uplink_port=uplink, pod_punt_pps=rates.pod_pps,
-                              tunnel_punt_pps=rates.tunnel_pps, uplink_punt_pps=rates.uplink_pps)
+                              tunnel_punt_pps=rates.tunnel_pps, uplink_punt_pps=rates.uplink_pps,
+                              max_pod_frame=self.pod_mtu.max_send_frame,
+                              max_received_frame=self.pod_mtu.max_receive_frame)
         rec = Reconciler(self.switch, self.pipeline)
 
         def seed(ip: str) -> None:
@@ -138,6 +140,7 @@ class Agent:
         self.db.set_round(round_, cfg.int_bridge)
         router = PacketInRouter()
         router.register(Feature.IGMP, core.handle_packet_ins)
+        router.register(Feature.OVERSIZE, core.oversize_log.handle_packet_ins)
         self.switch.on_packet_ins = router
 
         def reconnected(_dpid: int) -> None:
@@ -154,8 +157,9 @@ class Agent:
         self.core = core
         if cfg.metrics_port:
             start_http_server(cfg.metrics_port)
-            register_collector(core.members, core.pod_stats, core.punt_drops)
-        self.api = LocalApiServer(cfg.api_socket, AgentService(core, self.switch, self.pipeline))
+            register_collector(core.members, core.pod_stats, core.punt_drops, core.oversized)
+        self.api = LocalApiServer(cfg.api_socket, AgentService(core, self.switch, self.pipeline,
+                                                                 self.pod_mtu))
         self.api.start()
         log.info("agent of %s up: mode %s, round %d, %d pods re-adopted", cfg.node_name,
                  cfg.encap_mode, round_, len(pods))

@@ -35,6 +35,7 @@ class Feature(IntEnum):
     NODE = 5  # per remote node flows (duplicate suppression of their SNATed traffic)
     EXTERNAL = 6  # default-to-external and SNAT
     POLICY = 7  # multicast NetworkPolicy rules
+    OVERSIZE = 8  # multicast too big for where it goes: its drop counters and punts
 
 
 @dataclass(frozen=True)

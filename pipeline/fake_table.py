@@ -18,6 +18,10 @@ Where Open vSwitch 3.1 differs from a naive reading of OpenFlow, we follow OVS (
 * ``ct(nat)`` rewrites the datapath packet, which OVS cannot roll back when it "clones" for the
   next bucket: every copy delivered after a NAT in the same traversal carries the NATed source,
   even from another bucket. Matching is unaffected (the translated flow keeps the old source).
+* ``check_pkt_larger`` translates the rest of the flow's actions once per outcome and the
+  datapath picks one per packet by its length: the packet goes one way, but the flows and
+  groups of *both* ways are credited with it. Meters run in the datapath: only the way taken
+  counts there.
 
 On top of the model, a flow is checked against the pipeline declaration and its match
 prerequisites (OVS: OFPBMC_BAD_PREREQ) as it goes in, so a pipeline bug fails at install time.
@@ -41,6 +45,7 @@ from pipeline.model import (
     Action,
     ApplyMeter,
     Bucket,
+    CheckPktLarger,
     Controller,
     Ct,
     Drop,
@@ -62,6 +67,8 @@ from pipeline.tables import Pipeline
 
 MAX_DEPTH = 64
 """Nested table/group invocations before translation aborts (OVS's MAX_DEPTH)."""
+DEFAULT_FRAME_LEN = 60
+"""A packet's length unless given: Ethernet's minimum frame (without FCS)."""
 
 _SET_ACTIONS = (SetField, LoadReg, SetTunnelDst)
 # Final actions of an action set, lowest precedence first (OVS ACTION_SET_FINAL_PRIORITY).
@@ -92,8 +99,12 @@ class Packet:
     tun_src: str | None = None
     tun_dst: str | None = None
     tunnel_id: int | None = None
+    length: int = DEFAULT_FRAME_LEN
+    """Bytes of the Ethernet frame (header included; no VLAN tag, FCS or padding)."""
 
     def __post_init__(self) -> None:
+        if self.length < 0:
+            raise ValueError(f"packet length {self.length}")
         for name in ("eth_src", "eth_dst"):
             object.__setattr__(self, name, str(getattr(self, name)).lower())
         for name in ("ipv4_src", "ipv4_dst", "tun_src", "tun_dst"):
@@ -264,9 +275,10 @@ class FakeSwitch(SwitchModel):
         self.tunnel_ports = frozenset(tunnel_ports)
         self.ports = frozenset(ports) if ports is not None else None
         self.strict_buckets = strict_buckets
-        # Counters of installed flows and groups; absent means 0 (see _forget_*).
+        # Counters of installed flows, groups and meters; absent means 0 (see _forget_*).
         self._flow_packets: dict[FlowKey, int] = {}
         self._group_packets: dict[int, int] = {}
+        self._meter_packets: dict[int, int] = {}
         # Groups and meters first: flows may only name existing ones, as on a real switch.
         for m in meters:
             self.add_meter(m)
@@ -296,6 +308,9 @@ class FakeSwitch(SwitchModel):
     def _forget_group(self, group_id: int) -> None:
         self._group_packets.pop(group_id, None)
 
+    def _forget_meter(self, meter_id: int) -> None:
+        self._meter_packets.pop(meter_id, None)
+
     # -- inspection ---------------------------------------------------------------------------
 
     def n_packets(self, flow: Flow | FlowKey) -> int:
@@ -310,9 +325,16 @@ class FakeSwitch(SwitchModel):
             raise KeyError(f"no group {group_id}")
         return self._group_packets.get(group_id, 0)
 
+    def meter_n_packets(self, meter_id: int) -> int:
+        """Packets that reached the meter (rates are not simulated: none is dropped)."""
+        if meter_id not in self.meters():
+            raise KeyError(f"no meter {meter_id}")
+        return self._meter_packets.get(meter_id, 0)
+
     def reset_counters(self) -> None:
         self._flow_packets.clear()
         self._group_packets.clear()
+        self._meter_packets.clear()
 
     # -- packet processing --------------------------------------------------------------------
 
@@ -338,11 +360,16 @@ class FakeSwitch(SwitchModel):
 
 
 class _Walk:
-    """One packet's translation: the trace being built and the datapath-level NAT."""
+    """One packet's translation: the trace being built and the datapath-level NAT.
 
-    def __init__(self, switch: FakeSwitch, trace: Trace) -> None:
+    A ``shadow`` walk translates the outcome of a ``check_pkt_larger`` the packet does not
+    take: it credits flows and groups, as OVS does, and nothing else reaches the trace.
+    """
+
+    def __init__(self, switch: FakeSwitch, trace: Trace, shadow: bool = False) -> None:
         self.sw = switch
         self.trace = trace
+        self.shadow = shadow
         self.nat_src: str | None = None  # applies to the datapath packet, never rolled back
 
     def table(self, name: str, state: _State, depth: int) -> _State:
@@ -359,7 +386,10 @@ class _Walk:
 
     def actions(self, actions: Iterable[Action], state: _State, table: str,
                 depth: int) -> _State:
-        for a in actions:
+        actions = tuple(actions)
+        for i, a in enumerate(actions):
+            if isinstance(a, CheckPktLarger):
+                return self.check_larger(a, actions[i + 1:], state, table, depth)
             if isinstance(a, GotoTable | Resubmit):
                 # Both continue with (and keep) whatever the other table changed.
                 state = self.table(a.table, state, depth + 1)
@@ -379,9 +409,22 @@ class _Walk:
                 self.trace.drops.append(f"drop by flow in {table}")
             elif isinstance(a, ApplyMeter):
                 self.trace.meters.append(a.meter_id)  # rates are not simulated: it passes
+                if not self.shadow:
+                    meters = self.sw._meter_packets
+                    meters[a.meter_id] = meters.get(a.meter_id, 0) + 1
             else:
                 state = _apply_set(state, a)
         return state
+
+    def check_larger(self, check: CheckPktLarger, rest: tuple[Action, ...], state: _State,
+                     table: str, depth: int) -> _State:
+        """Both outcomes are translated (and credited); the packet takes the one its length
+        gives. Nothing follows: the branches hold the rest of the flow's actions."""
+        larger = int(state.packet.length > check.length)
+        other = _Walk(self.sw, Trace(state.packet), shadow=True)
+        other.nat_src = self.nat_src
+        other.actions(rest, _apply_set(state, LoadReg(check.field, 1 - larger)), table, depth)
+        return self.actions(rest, _apply_set(state, LoadReg(check.field, larger)), table, depth)
 
     def group(self, group_id: int, state: _State, table: str, depth: int) -> None:
         if depth > MAX_DEPTH:

@@ -30,6 +30,7 @@ from pipeline.model import (
     Action,
     ApplyMeter,
     Bucket,
+    CheckPktLarger,
     Controller,
     Ct,
     Drop,
@@ -81,7 +82,7 @@ def action_size(action: Action) -> int:
             return 16
         case GroupAction():
             return 8
-        case OutputReg():
+        case OutputReg() | CheckPktLarger():
             return 24
         case Resubmit():
             return 16

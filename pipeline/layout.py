@@ -3,6 +3,11 @@
 Multicast (224.0.0.0/4) forks off in the classifier into: egress rule -> egress pod metric ->
 routing -> ingress rule -> ingress pod metric -> output. Only the classifier and the output
 table drop on miss; every other table continues to the next one.
+
+A frame over its size limit (``registers.OVERSIZE``, checked once in the fork) leaves that
+path where its source is counted: a pod's in its egress metric, the tunnel's and the uplink's
+in routing. From there it goes to the output table, which punts it to the agent instead of
+delivering it.
 """
 
 from __future__ import annotations
@@ -34,8 +39,8 @@ TABLES = (
     ),
     TableSpec(
         EGRESS_METRIC, Stage.EGRESS_METRIC, Miss.NEXT,
-        frozenset({"in_port", "eth_type"}),
-        frozenset({ROUTING}),
+        frozenset({"in_port", "reg0", "eth_type"}),
+        frozenset({ROUTING, OUTPUT}),
         "One flow per pod: its packet count is the pod's outbound multicast.",
     ),
     TableSpec(

@@ -209,14 +209,42 @@ class Drop:
 
 @dataclass(frozen=True)
 class ApplyMeter:
-    """Pass the packet through a meter (OpenFlow 1.5 meter action): over its rate, dropped."""
+    """Pass the packet through a meter (OpenFlow 1.5 meter action): over its rate, dropped.
+
+    OVS takes it only as the first action of a flow, and never in a group bucket.
+    """
 
     meter_id: int
 
 
+MAX_CHECKED_LENGTH = 0xFFFF
+
+
+@dataclass(frozen=True)
+class CheckPktLarger:
+    """Set a 1-bit register field to 1 if the frame is longer than ``length`` bytes, else 0.
+
+    OVS's ``check_pkt_larger`` (NXAST_CHECK_PKT_LARGER, OVS >= 2.12). The length counted is
+    the Ethernet frame, header included, without a VLAN tag, FCS or Ethernet padding. OVS
+    translates every action after it (and every table those reach) once per outcome and lets
+    the datapath pick the branch per packet, so the check costs one comparison per packet; but
+    it also credits the flows and groups of *both* branches with every packet. What only one
+    outcome must count is counted by a meter (meter statistics are kept in the datapath).
+    """
+
+    length: int
+    field: RegField
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.length <= MAX_CHECKED_LENGTH:
+            raise ValueError(f"check_pkt_larger({self.length}): length is 16 bits")
+        if self.field.width != 1:
+            raise ValueError(f"check_pkt_larger stores one bit, not {self.field.name}")
+
+
 Action = (
     Output | OutputReg | GroupAction | Controller | SetField | LoadReg | SetTunnelDst | Resubmit
-    | GotoTable | Ct | Drop | ApplyMeter
+    | GotoTable | Ct | Drop | ApplyMeter | CheckPktLarger
 )
 
 
@@ -224,12 +252,15 @@ class FlowError(ValueError):
     """A flow, group or meter description is inconsistent."""
 
 
-def _check_actions(actions: tuple[Action, ...], where: str, allow_goto: bool) -> None:
+def _check_actions(actions: tuple[Action, ...], where: str, in_flow: bool) -> None:
+    """Rules OVS holds action lists to; a bucket (``in_flow`` False) takes no goto or meter."""
     for i, a in enumerate(actions):
         if isinstance(a, Drop) and len(actions) != 1:
             raise FlowError(f"{where}: drop cannot be combined with other actions")
+        if isinstance(a, ApplyMeter) and (i != 0 or not in_flow):
+            raise FlowError(f"{where}: a meter must be a flow's first action (OVS)")
         if isinstance(a, GotoTable):
-            if not allow_goto:
+            if not in_flow:
                 raise FlowError(f"{where}: goto_table is not allowed here")
             if i != len(actions) - 1:
                 raise FlowError(f"{where}: goto_table must be the last action")
@@ -250,7 +281,7 @@ class Flow:
             raise FlowError(f"priority {self.priority} out of range")
         if not self.actions:
             raise FlowError(f"flow in {self.table} has no actions (use Drop())")
-        _check_actions(self.actions, f"flow in {self.table}", allow_goto=True)
+        _check_actions(self.actions, f"flow in {self.table}", in_flow=True)
 
     @property
     def key(self) -> tuple[str, int, Match]:
@@ -268,7 +299,7 @@ class Bucket:
     actions: tuple[Action, ...]
 
     def __post_init__(self) -> None:
-        _check_actions(self.actions, "bucket", allow_goto=False)
+        _check_actions(self.actions, "bucket", in_flow=False)
 
 
 @dataclass(frozen=True)

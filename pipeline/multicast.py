@@ -12,7 +12,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import IntEnum, StrEnum
 
-from pipeline import layout, priorities
+from pipeline import layout, oversize, priorities
 from pipeline.cookies import Cookie, Feature
 from pipeline.model import (
     ETH_TYPE_IP,
@@ -76,12 +76,21 @@ class BridgeConfig:
     pod_punt_pps: int | None = None
     tunnel_punt_pps: int | None = None
     uplink_punt_pps: int | None = None
+    # The largest Ethernet frame a pod may send (it must fit the tunnel) and the largest that
+    # pods can receive (their interface MTU); multicast over them is counted, punted and
+    # dropped (``pipeline.oversize``). None: not checked.
+    max_pod_frame: int | None = None
+    max_received_frame: int | None = None
 
     def __post_init__(self) -> None:
         if self.mode is Mode.ENCAP and self.tunnel_port is None:
             raise ValueError("encap mode needs a tunnel port")
         if self.mode is Mode.NOENCAP and self.tunnel_port is not None:
             raise ValueError("noEncap mode has no tunnel port")
+        for name in ("max_pod_frame", "max_received_frame"):
+            limit = getattr(self, name)
+            if limit is not None:
+                oversize.check(limit)  # refuses what check_pkt_larger cannot hold
 
     def cookie(self, feature: Feature, object_id: int = 0) -> int:
         return Cookie(self.round, feature, object_id).pack()
@@ -142,11 +151,14 @@ def igmp_punt_flow(cfg: BridgeConfig, in_port: int, reason: PuntReason, object_i
 
 def _fork_flow(cfg: BridgeConfig, in_port: int, cls: PortClass, nxt: str, cat: Feature,
                object_id: int, **sender: str) -> Flow:
+    """Multicast from ``in_port`` enters the multicast tables, its size checked once here."""
+    limit = cfg.max_pod_frame if cls is PortClass.POD else cfg.max_received_frame
+    checked = () if limit is None else (oversize.check(limit),)
     return _flow(
         layout.CLASSIFIER,
         priorities.NORMAL,
         Match.of(in_port=in_port, eth_type=ETH_TYPE_IP, ipv4_dst=MULTICAST_NET, **sender),
-        (LoadReg(IN_CLASS, cls), GotoTable(nxt)),
+        (LoadReg(IN_CLASS, cls), *checked, GotoTable(nxt)),
         cfg.cookie(cat, object_id),
     )
 
@@ -174,8 +186,10 @@ def spoof_guard_flows(cfg: BridgeConfig, ofport: int) -> list[Flow]:
 
 
 def pod_meters(cfg: BridgeConfig, ofport: int) -> list[Meter]:
+    """The pod's IGMP punt meter and its oversize counting meter (those configured)."""
     meter = punt_meter(cfg, ofport, PuntReason.IGMP_POD)
-    return [] if meter is None else [meter]
+    counted = [] if cfg.max_pod_frame is None else [oversize.count_meter(ofport)]
+    return ([] if meter is None else [meter]) + counted
 
 
 def pod_flows(cfg: BridgeConfig, ofport: int, mac: str = "", ip: str = "") -> list[Flow]:
@@ -184,10 +198,13 @@ def pod_flows(cfg: BridgeConfig, ofport: int, mac: str = "", ip: str = "") -> li
     With the pod's ``mac`` (and ``ip``), only multicast carrying them is forked; the rest is
     dropped and counted by the spoof guard (``spoof_guard_flows``). The self-loop drop removes
     the copy a member-sender's own bucket makes for it before the ingress metric counts it (OVS
-    would drop it at output anyway, as output to in_port).
+    would drop it at output anyway, as output to in_port). With ``max_pod_frame``, what is
+    larger is counted by the pod's own meter and punted instead of routed.
     """
     sender = pod_sender_match(mac, ip) if mac else {}
     guard = spoof_guard_flows(cfg, ofport) if mac else []
+    too_big = [] if cfg.max_pod_frame is None else [
+        oversize.pod_count_flow(ofport, cfg.cookie(Feature.OVERSIZE, ofport))]
     return [
         igmp_punt_flow(cfg, ofport, PuntReason.IGMP_POD, ofport),
         _fork_flow(cfg, ofport, PortClass.POD, layout.EGRESS_RULE, Feature.POD, ofport,
@@ -207,6 +224,7 @@ def pod_flows(cfg: BridgeConfig, ofport: int, mac: str = "", ip: str = "") -> li
             (GotoTable(layout.ROUTING),),
             cfg.cookie(Feature.POD, ofport),
         ),
+        *too_big,
         _flow(
             layout.INGRESS_METRIC,
             priorities.NORMAL,
@@ -260,12 +278,38 @@ def _suppress_flows(cfg: BridgeConfig) -> list[Flow]:
     return out
 
 
+def _received_ports(cfg: BridgeConfig) -> list[tuple[PortClass, int]]:
+    return [(cls, port) for cls, port in ((PortClass.TUNNEL, cfg.tunnel_port),
+                                          (PortClass.UPLINK, cfg.uplink_port))
+            if port is not None]
+
+
 def initial_meters(cfg: BridgeConfig) -> list[Meter]:
-    """The tunnel's and the uplink's punt meters (those with a rate)."""
+    """The tunnel's and the uplink's punt meters (those with a rate); with a frame limit, the
+    node's oversize punt meter and the tunnel's and the uplink's oversize counting meters."""
     found = [punt_meter(cfg, port, reason) for port, reason in (
         (cfg.tunnel_port, PuntReason.IGMP_TUNNEL), (cfg.uplink_port, PuntReason.IGMP_UPLINK))
         if port is not None]
-    return [m for m in found if m is not None]
+    meters = [m for m in found if m is not None]
+    if cfg.max_pod_frame is not None or cfg.max_received_frame is not None:
+        meters.append(oversize.punt_meter())
+    if cfg.max_received_frame is not None:
+        meters += [oversize.count_meter(port) for _, port in _received_ports(cfg)]
+    return meters
+
+
+def _oversize_flows(cfg: BridgeConfig) -> list[Flow]:
+    """Count (tunnel, uplink) and punt (every source) flows of the frame limits that are set."""
+    cookie = cfg.cookie(Feature.OVERSIZE)
+    flows = []
+    if cfg.max_pod_frame is not None:
+        flows.append(oversize.punt_flow(PortClass.POD, cfg.max_pod_frame, cookie))
+    if cfg.max_received_frame is not None:
+        for cls, port in _received_ports(cfg):
+            flows.append(oversize.received_count_flow(
+                cls, port, cfg.cookie(Feature.OVERSIZE, port)))
+            flows.append(oversize.punt_flow(cls, cfg.max_received_frame, cookie))
+    return flows
 
 
 def initial_flows(cfg: BridgeConfig) -> list[Flow]:
@@ -308,6 +352,7 @@ def initial_flows(cfg: BridgeConfig) -> list[Flow]:
                                   Feature.EXTERNAL))
         flows.append(default_external_flow(cfg))
     flows.extend(_suppress_flows(cfg))
+    flows.extend(_oversize_flows(cfg))
     return flows
 
 

@@ -18,5 +18,8 @@ PUNT = 220
 """IGMP punts to the agent: above every data flow of the same port."""
 NODE_SNAT_DROP = 230
 """Drop multicast that another cluster node SNATed onto the underlay (it came by tunnel)."""
+OVERSIZE = 240
+"""Multicast over its size limit (the OVERSIZE bit): counted, punted, never forwarded; above
+every metric, route and output flow of its table."""
 SELF_LOOP = 0xFFF0
 """Drop a pod's own copy before its ingress metric: a sender that is a member gets no copy."""

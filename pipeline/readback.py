@@ -79,6 +79,9 @@ _CLASSIFIER_DROPS = MappingProxyType({priorities.SPOOF_DROP: PodCounter.SPOOFED,
 def pod_counter_of(flow: Flow) -> tuple[PodCounter, int] | None:
     """Which pod port a per-pod counting flow counts, and what it counts."""
     port = flow.match.get("in_port")
+    if flow.table in (layout.EGRESS_METRIC, layout.INGRESS_METRIC) and (
+            flow.priority != priorities.NORMAL):
+        return None  # not a metric flow (an oversize count, whose flow counter is no count)
     if flow.table == layout.EGRESS_METRIC:
         if port is not None and isinstance(port.value, int):
             return PodCounter.OUTBOUND, port.value

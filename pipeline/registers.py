@@ -1,7 +1,7 @@
 """Register fields and marks of the multicast pipeline, declared once by name.
 
-Builders refer to ``IN_CLASS``/``OUT_KIND``/``OUT_PORT`` and the marks below, never to bare
-register numbers or bit offsets. ``declare`` refuses overlapping fields.
+Builders refer to ``IN_CLASS``/``OUT_KIND``/``OUT_PORT``/``OVERSIZE`` and the marks below,
+never to bare register numbers or bit offsets. ``declare`` refuses overlapping fields.
 """
 
 from __future__ import annotations
@@ -69,8 +69,11 @@ OUT_KIND = RegField("OutKind", 0, 4, 7)
 """Which kind of copy a group bucket is making (an OutKind)."""
 OUT_PORT = RegField("OutPort", 1, 0, 31)
 """Local pod port a copy is for."""
+OVERSIZE = RegField("Oversize", 0, 8, 8)
+"""1: the frame is longer than its source may send (pods) or pods may receive (tunnel, uplink);
+set once per packet by the classifier's fork (``check_pkt_larger``)."""
 
-REG_FIELDS = declare(IN_CLASS, OUT_KIND, OUT_PORT)
+REG_FIELDS = declare(IN_CLASS, OUT_KIND, OUT_PORT, OVERSIZE)
 
 
 class PortClass(IntEnum):

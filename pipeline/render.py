@@ -18,6 +18,7 @@ sets, so every choice below copies what OVS 3.1 prints, learned on the real vswi
   NXAST_REG_LOAD). OVS keeps the form it received, so the os-ken adaptor must encode the same.
 - ``controller(userdata=01)``; without userdata ``CONTROLLER:65535``; ``max_len=`` only when not
   65535. Output to a reserved port prints its name (``LOCAL``, ``IN_PORT``).
+- ``check_pkt_larger(1464)->NXM_NX_REG0[8]``: the length in decimal, the bit in NXM notation.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from pipeline.model import (
     Action,
     ApplyMeter,
     Bucket,
+    CheckPktLarger,
     Controller,
     Ct,
     Drop,
@@ -238,6 +240,8 @@ def render_action(action: Action, pipeline: Pipeline, port_names: PortNames = No
             return "drop"
         case ApplyMeter(meter_id=mid):
             return f"meter:{mid}"
+        case CheckPktLarger(length=length, field=f):
+            return f"check_pkt_larger({length})->{f.nxm}"
     raise TypeError(f"unknown action {action!r}")
 
 

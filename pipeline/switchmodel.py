@@ -136,6 +136,9 @@ class SwitchModel:
     def _forget_group(self, group_id: int) -> None:
         """A group left the switch."""
 
+    def _forget_meter(self, meter_id: int) -> None:
+        """A meter left the switch (one added again starts its counts from 0, as on OVS)."""
+
     # -- ops ----------------------------------------------------------------------------------
 
     def apply(self, ops: Iterable[Op]) -> None:
@@ -263,6 +266,7 @@ class SwitchModel:
         """Delete a meter and, as OVS does, every flow that passes packets through it."""
         if self._meters.pop(meter_id, None) is None:
             return
+        self._forget_meter(meter_id)
         self._delete_flows_using(ApplyMeter(meter_id))
 
     def _delete_flows_using(self, used: Action) -> None:

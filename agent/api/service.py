@@ -71,7 +71,7 @@ class AgentService:
         return [{"namespace": s.namespace, "name": s.name, "inbound": s.inbound,
                  "outbound": s.outbound,
                  "dropped": {"spoofed": s.spoofed, "notMulticast": s.not_multicast,
-                             "igmpRate": s.igmp_dropped}}
+                             "igmpRate": s.igmp_dropped, "oversized": s.oversized}}
                 for s in self._core.pod_stats()]
 
     def flows(self) -> list[str]:

@@ -2,9 +2,9 @@
 
 This module owns what the rest of the agent sees of the switch without importing os_ken: the
 ``Switch`` protocol the OpenFlow adaptor (``agent.ovs.switch``) implements and the fake table
-stands in for in tests, packet-ins, flow counters, the switch-level CookieDelete op, the two
-ways a request fails (``OpenFlowError``, ``SwitchDisconnected``), readable op descriptions for
-errors and logs.
+stands in for in tests, packet-ins, flow and meter counters, the switch-level CookieDelete op,
+the two ways a request fails (``OpenFlowError``, ``SwitchDisconnected``), readable op
+descriptions for errors and logs.
 """
 
 from __future__ import annotations
@@ -52,6 +52,13 @@ class FlowStats(NamedTuple):
     bytes: int
 
 
+class MeterStats(NamedTuple):
+    """A meter's counters: packets that reached it, and those it dropped (over its rate)."""
+
+    packets: int
+    dropped: int
+
+
 class OpenFlowError(RuntimeError):
     """The switch refused a request. ``failures`` pairs each failed op (or step) with the
     error text; ``failed_ops`` are the ops those labels name."""
@@ -81,8 +88,8 @@ class Switch(Protocol):
     def flow_stats(self, cookie: int = 0, mask: int = 0) -> list[FlowStats]:
         """Flows whose cookie matches (cookie, mask), with their counters."""
 
-    def meter_drops(self) -> dict[int, int]:
-        """Packets each meter has dropped (over its rate), by meter id."""
+    def meter_stats(self) -> dict[int, MeterStats]:
+        """Each meter's counters, by meter id."""
 
     def packet_out(self, data: bytes, actions: Sequence[Action],
                    in_port: int | None = None) -> None:

@@ -40,11 +40,13 @@ from agent.multicast.igmp.packets import (
     parse_frame,
 )
 from agent.multicast.igmp.querier import Querier
+from agent.multicast.oversize import OversizeLog
 from agent.multicast.restore import restore_members
 from agent.multicast.stats import PodStats, pod_stats
 from pipeline.cookies import Feature, feature_cookie_mask
 from pipeline.model import SwitchState
 from pipeline.multicast import BridgeConfig, PuntReason
+from pipeline.oversize import count_meter_id
 from wire.nodes import NodeInfo
 
 log = logging.getLogger(__name__)
@@ -108,6 +110,7 @@ class MulticastCore:
         self._pending: set[str] = set()  # groups whose members changed, not yet rebuilt
         self._refusal_log: dict[Cap, tuple[float, int]] = {}  # cap -> (last logged, since)
         self._next_refresh = clock()
+        self.oversize_log = OversizeLog(self._pod_ref_at, clock)  # Feature.OVERSIZE packet-ins
 
     # ------------------------------------------------------------------ start-up
 
@@ -177,6 +180,11 @@ class MulticastCore:
     def list_pods(self) -> list[PodInfo]:
         with self._lock:
             return self.pods.sorted()
+
+    def _pod_ref_at(self, ofport: int) -> str | None:
+        with self._lock:
+            pod = self.pods.by_port(ofport)
+            return pod.ref if pod is not None else None
 
     def _add_pod(self, pod: PodInfo) -> None:
         self.pods.add(pod)
@@ -396,15 +404,28 @@ class MulticastCore:
                                         filters))
             return out
 
+    def _node_ports(self) -> dict[str, int]:
+        ports = {"tunnel": self.bridge.tunnel_port, "uplink": self.bridge.uplink_port}
+        return {name: port for name, port in ports.items() if port is not None}
+
     def punt_drops(self) -> dict[str, int]:
         """IGMP the tunnel's and the uplink's punt meters dropped (their ids are their ports)."""
-        drops = self._switch.meter_drops()
-        ports = {"tunnel": self.bridge.tunnel_port, "uplink": self.bridge.uplink_port}
-        return {name: drops.get(port, 0) for name, port in ports.items() if port is not None}
+        meters = self._switch.meter_stats()
+        return {name: m.dropped if (m := meters.get(port)) else 0
+                for name, port in self._node_ports().items()}
+
+    def oversized(self) -> dict[str, int]:
+        """Multicast from the tunnel and the uplink dropped as larger than pods can receive
+        (their oversize counting meters; absent without a receive limit)."""
+        if self.bridge.max_received_frame is None:
+            return {}
+        meters = self._switch.meter_stats()
+        return {name: m.packets if (m := meters.get(count_meter_id(port))) else 0
+                for name, port in self._node_ports().items()}
 
     def pod_stats(self) -> list[PodStats]:
         stats = self._switch.flow_stats(*feature_cookie_mask(Feature.POD))
-        drops = self._switch.meter_drops()
+        meters = self._switch.meter_stats()
         with self._lock:
             pods = list(self.pods)
-        return pod_stats(pods, stats, drops)
+        return pod_stats(pods, stats, meters)

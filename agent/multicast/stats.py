@@ -1,8 +1,9 @@
 """Per-pod multicast counters, read from the switch's flows and meters.
 
 The datapath does the counting (per pod port: an egress and an ingress metric flow, the spoof
-guard's two drop flows, the IGMP punt meter; see ``pipeline.multicast.pod_flows``); the agent
-keeps no second copy and reads them on demand.
+guard's two drop flows, the IGMP punt meter, the oversize counting meter; see
+``pipeline.multicast.pod_flows`` and ``pipeline.oversize``); the agent keeps no second copy and
+reads them on demand.
 """
 
 from __future__ import annotations
@@ -10,8 +11,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from agent.flowsync.switch import FlowStats
+from agent.flowsync.switch import FlowStats, MeterStats
 from agent.interfacestore import PodInfo
+from pipeline.oversize import count_meter_id
 from pipeline.readback import PodCounter, pod_counter_of
 
 
@@ -24,14 +26,15 @@ class PodStats:
     spoofed: int = 0  # multicast it sent without its own MAC and IP: dropped
     not_multicast: int = 0  # anything else it sent (ARP, IPv6, unicast): dropped
     igmp_dropped: int = 0  # IGMP over its punt rate: dropped by its meter
+    oversized: int = 0  # multicast larger than pods may send (it would not fit the tunnel)
 
 
 def pod_stats(pods: Iterable[PodInfo], stats: Iterable[FlowStats],
-              meter_drops: Mapping[int, int]) -> list[PodStats]:
+              meters: Mapping[int, MeterStats]) -> list[PodStats]:
     """One row per pod (zero when its flows are not there yet), by namespace and name.
 
-    ``meter_drops``: packets each meter dropped, by meter id (a pod's punt meter has the id of
-    its port).
+    ``meters``: each meter's counters, by meter id (a pod's punt meter has the id of its port,
+    its oversize counting meter ``pipeline.oversize.count_meter_id`` of it).
     """
     pods = sorted(pods, key=lambda p: (p.namespace, p.name))
     counts = {c: {p.ofport: 0 for p in pods} for c in PodCounter}
@@ -42,8 +45,10 @@ def pod_stats(pods: Iterable[PodInfo], stats: Iterable[FlowStats],
 
     def row(p: PodInfo) -> PodStats:
         n = {c: counts[c][p.ofport] for c in PodCounter}
+        punt = meters.get(p.ofport)
+        counted = meters.get(count_meter_id(p.ofport)) if p.ofport > 0 else None
         return PodStats(p.namespace, p.name, n[PodCounter.INBOUND], n[PodCounter.OUTBOUND],
                         n[PodCounter.SPOOFED], n[PodCounter.NOT_MULTICAST],
-                        meter_drops.get(p.ofport, 0))
+                        punt.dropped if punt else 0, counted.packets if counted else 0)
 
     return [row(p) for p in pods]

@@ -13,6 +13,7 @@ OVS refuses in OF1.5: register loads are masked set_field actions instead.
 
 os-ken's OF1.5 bucket parser reads past each bucket's end (it takes following buckets for
 properties), so buckets are decoded here from the raw bytes, with os-ken's action parser.
+Nicira actions os-ken has no class for (``check_pkt_larger``) are coded in ``nxactions``.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from os_ken.ofproto import ofproto_v1_5 as ofp
 from os_ken.ofproto import ofproto_v1_5_parser as ofpp
 
 from agent.flowsync.switch import CookieDelete, PacketIn, SwitchOp
+from agent.ovs import nxactions
 from agent.ovs.buckets import next_bucket_id
 from pipeline.groupsplit import MAX_BUNDLED_MESSAGE as MAX_BUNDLED_MESSAGE  # one limit, OF1.5
 from pipeline.model import (
@@ -38,6 +40,7 @@ from pipeline.model import (
     Action,
     ApplyMeter,
     Bucket,
+    CheckPktLarger,
     Controller,
     Ct,
     Drop,
@@ -199,6 +202,8 @@ class Converter:
             case Resubmit(table):
                 return ofpp.NXActionResubmitTable(in_port=OFPP_IN_PORT & 0xFFFF,
                                                   table_id=self.pipeline.table_id(table))
+            case CheckPktLarger(length, field):
+                return nxactions.check_pkt_larger(length, field.oxm, field.start)
             case Ct(zone, commit, nat_src):
                 nat = []
                 if nat_src is not None:
@@ -279,6 +284,11 @@ class Converter:
                     nat_src = inner.range_ipv4_min or None
             return Ct(zone=a.zone_ofs_nbits, commit=bool(a.flags & nicira_ext.NX_CT_F_COMMIT),
                       nat_src=nat_src)
+        if nxactions.is_check_pkt_larger(a):
+            length, field, bit = nxactions.parse_check_pkt_larger(a)
+            if not (field.startswith("reg") and field[3:].isdigit()):
+                raise ConvertError(f"check_pkt_larger into {field} is not in the model")
+            return CheckPktLarger(length, self._reg_field(int(field[3:]), bit, bit))
         if isinstance(a, ofpp.NXActionRegLoad):  # what an OF1.3 peer may have left behind
             start, nbits = a.ofs_nbits >> 6, (a.ofs_nbits & 0x3F) + 1
             return self._set_field_from_ofp(

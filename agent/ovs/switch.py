@@ -31,6 +31,7 @@ from agent.flowsync import switch as switchops
 from agent.flowsync.switch import (
     CookieDelete,
     FlowStats,
+    MeterStats,
     OpenFlowError,
     PacketIn,
     SwitchDisconnected,
@@ -444,10 +445,11 @@ class OpenFlowSwitch:
                                      desc.stats.get("byte_count", 0)))
         return out
 
-    def meter_drops(self) -> dict[int, int]:
-        """Packets each meter's drop band has dropped, by meter id."""
+    def meter_stats(self) -> dict[int, MeterStats]:
+        """Packets that reached each meter and those its drop band dropped, by meter id."""
         req = ofpp.OFPMeterStatsRequest(self._require(), 0, ofp.OFPM_ALL)
-        return {m.meter_id: sum(b.packet_band_count for b in m.band_stats)
+        return {m.meter_id: MeterStats(m.packet_in_count,
+                                       sum(b.packet_band_count for b in m.band_stats))
                 for r in self.request(req, "meter stats") for m in r.body}
 
     def _groups(self) -> list[Group]:

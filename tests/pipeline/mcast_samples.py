@@ -18,6 +18,13 @@ NODE_IP = "192.168.77.1"
 PEER_IPS = ("192.168.77.2", "192.168.77.3")
 GROUP_IP = "239.1.1.1"
 GROUP_ID = 5
+MAX_RECEIVED_FRAME = 1514
+"""The pods' interface MTU (the uplink's, 1500) plus the Ethernet header."""
+
+
+def max_pod_frame(mode: mc.Mode) -> int:
+    """What pods may send: the route MTU (1450 under VXLAN in encap) plus the Ethernet header."""
+    return 1464 if mode is mc.Mode.ENCAP else MAX_RECEIVED_FRAME
 
 
 def pod_mac(port: int) -> str:
@@ -39,6 +46,8 @@ def config(mode: mc.Mode, round_: int = 3) -> mc.BridgeConfig:
         pod_punt_pps=200,
         tunnel_punt_pps=5000,
         uplink_punt_pps=1000,
+        max_pod_frame=max_pod_frame(mode),
+        max_received_frame=MAX_RECEIVED_FRAME,
     )
 
 

@@ -25,6 +25,7 @@ from ovstrace import (
     parse_dpif_show,
     parse_flow_stats,
     parse_group_stats,
+    parse_meter_stats,
     parse_trace,
     trace_flow,
 )
@@ -44,7 +45,7 @@ from walks import (
     packets,
 )
 
-from pipeline import layout
+from pipeline import layout, oversize
 from pipeline import multicast as mc
 from pipeline.fake_table import FakeSwitch, Packet
 from pipeline.model import (
@@ -159,8 +160,9 @@ PORT_NAMES = {**{p: f"pod{p}" for p in PODS}, UPLINK: "uplink", TUNNEL: "vxlan0"
 @pytest.mark.ovs
 @pytest.mark.parametrize("mode", [Mode.ENCAP, Mode.NOENCAP])
 def test_counters_agree_with_ovs(ovs_node: OvsNode, mode: Mode) -> None:
-    """Packet-outs (in_port = a pod or the uplink, actions=TABLE) credit flow and group counters
-    like received packets do; every flow's and group's count must equal the fake table's.
+    """Packet-outs (in_port = a pod or the uplink, actions=TABLE) credit flow, group and meter
+    counters like received packets do; every count must equal the fake table's, including the
+    flows OVS credits for both outcomes of a size check.
 
     This includes the member sender's own copy, which must not reach its ingress metric."""
     state = node(mode)
@@ -179,6 +181,10 @@ def test_counters_agree_with_ovs(ovs_node: OvsNode, mode: Mode) -> None:
     real_groups = parse_group_stats(ovs_node.ofctl("dump-group-stats", BR))
     assert real_groups == {gid: sw.group_n_packets(gid) for gid in sw.groups()}
     assert sum(fake.values()) > len(sent)  # not a comparison of zeros
+    # Meters count in the datapath: only what took their way (oversized frames, IGMP punts).
+    real_meters = parse_meter_stats(ovs_node.ofctl("meter-stats", BR))
+    assert real_meters == {mid: sw.meter_n_packets(mid) for mid in sw.meters()}
+    assert sw.meter_n_packets(oversize.count_meter_id(1)) > 0
 
     # pod 2 sends to its own group: no copy comes back, and its inbound metric stays put
     # (the pipeline's self-loop drop hits first; OVS itself would credit the metric and only

@@ -40,12 +40,20 @@ def pod_mac(port: int) -> str:
 
 
 PUNT_PPS = {"pod_punt_pps": 200, "tunnel_punt_pps": 5000, "uplink_punt_pps": 1000}
+MAX_RECEIVED = 1514
+"""The pods' interface MTU (1500, the uplink's) plus the Ethernet header."""
+MAX_SENT = 1464
+"""What a pod may send in encap: its route MTU (1450 under VXLAN) plus the Ethernet header."""
+OVERSIZED = MAX_RECEIVED + 1
+"""A frame over every limit in both modes."""
 
 
 def config(mode: Mode) -> BridgeConfig:
     return BridgeConfig(
         mode=mode, round=1, node_ip=NODE_IP, node_mac=NODE_MAC,
         tunnel_port=TUNNEL if mode is Mode.ENCAP else None, uplink_port=UPLINK, **PUNT_PPS,
+        max_pod_frame=MAX_SENT if mode is Mode.ENCAP else MAX_RECEIVED,
+        max_received_frame=MAX_RECEIVED,
     )  # fmt: skip
 
 
@@ -67,10 +75,11 @@ class NodeState:
         )  # type: ignore[arg-type]  # fmt: skip
 
     def flow(self, table: str, **match: int | str) -> Flow:
-        """The one flow of ``table`` whose match has exactly these plain fields."""
+        """The one flow of ``table`` whose match has exactly these plain fields (and maybe
+        eth_type)."""
         found = [
             f for f in self.flows
-            if f.table == table and all(
+            if f.table == table and f.match.names() - {"eth_type"} == set(match) and all(
                 (fm := f.match.get(k)) is not None and fm.value == v for k, v in match.items()
             )
         ]  # fmt: skip
@@ -161,4 +170,17 @@ def packets() -> dict[str, Packet]:
         "pod1 forging pod2's IP ->G1": from_pod(1, G1).replace(ipv4_src=pod_ip(2)),
         "pod1 forging pod2's MAC ->G1": from_pod(1, G1).replace(eth_src=pod_mac(2)),
         "pod1 unicast to pod2": from_pod(1, pod_ip(2)).replace(eth_dst=pod_mac(2)),
+        "pod1->G1 at the pod limit": from_pod(1, G1).replace(length=MAX_SENT),
+        "pod1->G1 oversized": from_pod(1, G1).replace(length=OVERSIZED),
+        "pod1->G3(no group) oversized": from_pod(1, G3).replace(length=OVERSIZED),
+        "pod1 forging pod2's IP ->G1 oversized": from_pod(1, G1).replace(
+            ipv4_src=pod_ip(2), length=OVERSIZED),
+        "pod3 igmpv3 report oversized": from_pod(3, V3_REPORTS, IP_PROTO_IGMP).replace(
+            length=OVERSIZED),
+        "tunnel->G1 at the receive limit": from_tunnel(G1).replace(length=MAX_RECEIVED),
+        "tunnel->G1 oversized": from_tunnel(G1).replace(length=OVERSIZED),
+        "uplink->G1 at the receive limit": from_uplink(G1).replace(length=MAX_RECEIVED),
+        "uplink->G1 oversized": from_uplink(G1).replace(length=OVERSIZED),
+        "uplink query oversized": from_uplink(ALL_HOSTS, ROUTER_IP, ROUTER_MAC,
+                                              IP_PROTO_IGMP).replace(length=OVERSIZED),
     }

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from agent.flowsync.switch import CookieDelete, FlowStats, SwitchOp
+from agent.flowsync.switch import CookieDelete, FlowStats, MeterStats, SwitchOp
 from agent.interfacestore import PodAttach
 from agent.multicast.igmp.packets import parse_frame
 from pipeline.fake_table import FakeSwitch
@@ -59,9 +59,9 @@ class TableSwitch:
         return [FlowStats(f, self.table.n_packets(f), 0) for f in self.table.flows()
                 if f.cookie & mask == cookie]
 
-    def meter_drops(self) -> dict[int, int]:
+    def meter_stats(self) -> dict[int, MeterStats]:
         """The fake table passes everything through its meters: nothing is dropped."""
-        return dict.fromkeys(self.table.meters(), 0)
+        return {mid: MeterStats(self.table.meter_n_packets(mid), 0) for mid in self.table.meters()}
 
     def sent(self) -> list[tuple[object, tuple[Action, ...]]]:
         """Packet-outs since the last call, their IGMP parsed."""

@@ -3,7 +3,8 @@
     mcctl [--socket PATH | --node NODE] get podmulticaststats [POD] [-n NS] [-o json|yaml|wide]
     mcctl get members | groups | pods | flows
 
-Columns are contracts (DESIGN.md §5): podmulticaststats prints NAMESPACE NAME INBOUND OUTBOUND.
+Columns are contracts (DESIGN.md §5): podmulticaststats prints NAMESPACE NAME INBOUND OUTBOUND;
+pods prints NAMESPACE NAME IP PRIMARY-IP OFPORT INTERFACE.
 """
 
 from __future__ import annotations
@@ -53,7 +54,8 @@ def _podstats(client: AgentClient, args: argparse.Namespace) -> str:
     headers = ["NAMESPACE", "NAME", "INBOUND", "OUTBOUND"]
     if args.output == "wide":
         pods = {(p.namespace, p.name): p for p in client.list_pods()}
-        headers += ["SPOOFED", "NOT-MULTICAST", "IGMP-RATE-DROPS", "IP", "OFPORT", "INTERFACE"]
+        headers += ["SPOOFED", "NOT-MULTICAST", "IGMP-RATE-DROPS", "OVERSIZED", "IP", "OFPORT",
+                    "INTERFACE"]
         return table(headers, [
             [r["namespace"], r["name"], r["inbound"], r["outbound"], *_drops(r),
              *_pod_extra(pods.get((r["namespace"], r["name"])))] for r in rows])
@@ -62,9 +64,12 @@ def _podstats(client: AgentClient, args: argparse.Namespace) -> str:
 
 
 def _drops(row: dict[str, Any]) -> list[object]:
-    """Packets br-int dropped from the pod, by reason (an older agent reports none)."""
+    """Packets br-int dropped from the pod, by reason (an older agent reports none).
+
+    OVERSIZED: multicast larger than the pod may send (it would not fit the tunnel)."""
     d = row.get("dropped", {})
-    return [d.get("spoofed", ""), d.get("notMulticast", ""), d.get("igmpRate", "")]
+    return [d.get("spoofed", ""), d.get("notMulticast", ""), d.get("igmpRate", ""),
+            d.get("oversized", "")]
 
 
 def _pod_extra(pod: object | None) -> list[object]:
@@ -94,8 +99,11 @@ def _pods(client: AgentClient, args: argparse.Namespace) -> str:
     pods = client.list_pods()
     if args.output in ("json", "yaml"):
         return structured([p.__dict__ for p in pods], args.output)
-    return table(["NAMESPACE", "NAME", "IP", "OFPORT", "INTERFACE"],
-                 [[p.namespace, p.name, p.ip or "<none>", p.ofport, p.host_ifname] for p in pods])
+    # IP: the multicast interface's address (the source its datagrams carry); PRIMARY-IP: the
+    # pod's address on its primary network (equal in chained and Multus mode, or "<none>")
+    return table(["NAMESPACE", "NAME", "IP", "PRIMARY-IP", "OFPORT", "INTERFACE"],
+                 [[p.namespace, p.name, p.ip or "<none>", p.primary_ip or "<none>", p.ofport,
+                   p.host_ifname] for p in pods])
 
 
 def _flows(client: AgentClient, args: argparse.Namespace) -> str:

@@ -70,7 +70,8 @@ def test_members_stats_flows_and_health_as_json(served) -> None:
         "sourceFilters": {"ns1/a": {"mode": "include", "sources": ["10.9.9.9"]}}}]
     assert client.pod_stats() == [{"namespace": "ns1", "name": "a", "inbound": 0,
                                    "outbound": 0, "dropped": {"spoofed": 0, "notMulticast": 0,
-                                                              "igmpRate": 0}}]
+                                                              "igmpRate": 0,
+                                                              "oversized": 0}}]
     flows = client.flows()
     assert flows[0].startswith("group_id=") and any("nw_dst=239.1.1.1" in f for f in flows)
     client.set_nodes([NodeInfo("node1", (NODE_IP,)), NodeInfo("node2", ("192.168.77.2",))])

@@ -20,12 +20,13 @@ from agent.flowsync.switch import CookieDelete, describe
 from agent.ovs import convert as ofconvert
 from agent.ovs.buckets import MAX_GROUP_BUCKETS, BucketIdError, next_bucket_id
 from agent.ovs.convert import OF_VERSION, Converter, ConvertError, error_text
-from pipeline import layout
+from pipeline import layout, oversize
 from pipeline import multicast as mc
 from pipeline.model import (
     OFPP_CONTROLLER,
     OFPP_TABLE,
     Bucket,
+    CheckPktLarger,
     Controller,
     Ct,
     Drop,
@@ -44,7 +45,7 @@ from pipeline.model import (
     SetTunnelDst,
 )
 from pipeline.ops import Command, FlowOp, GroupOp, MeterOp
-from pipeline.registers import IN_CLASS, OUT_KIND, OUT_PORT, OutKind, PortClass
+from pipeline.registers import IN_CLASS, OUT_KIND, OUT_PORT, OutKind, PortClass, RegField
 
 P = layout.multicast_pipeline()
 CONV = Converter(P)
@@ -99,6 +100,8 @@ ACTIONS = [
     (GotoTable(layout.EGRESS_RULE),),
     (LoadReg(IN_CLASS, PortClass.POD), LoadReg(OUT_KIND, OutKind.LOCAL),
      GotoTable(layout.EGRESS_RULE)),
+    (LoadReg(IN_CLASS, PortClass.POD), oversize.check(1464), GotoTable(layout.EGRESS_RULE)),
+    (CheckPktLarger(0xFFFF, RegField("reg7[31..31]", 7, 31, 31)),),  # as a synthesized field
 ]
 
 
@@ -131,11 +134,28 @@ def test_matches_round_trip(match: Match) -> None:
 def test_builder_flows_round_trip() -> None:
     for mode in mc.Mode:
         cfg = mc.BridgeConfig(mode, 3, "192.168.77.1", "02:77:00:00:00:01",
-                              tunnel_port=100 if mode is mc.Mode.ENCAP else None, uplink_port=200)
+                              tunnel_port=100 if mode is mc.Mode.ENCAP else None, uplink_port=200,
+                              max_pod_frame=1464, max_received_frame=1514)
         flows = [*mc.initial_flows(cfg), *mc.pod_flows(cfg, 4), mc.route_flow(cfg, "239.1.1.1", 5),
                  *mc.node_flows(cfg, "192.168.77.2"), mc.default_external_flow(cfg)]
         for flow in flows:
             assert _round_trip_flow(flow) == flow
+
+
+def test_check_pkt_larger_bytes_are_what_ovs_encodes() -> None:
+    """OVS decodes our check_pkt_larger and encodes it back to the very same bytes: ovs-ofctl
+    parse-actions prints the action, then any byte that differs from its own encoding."""
+    if OFCTL is None:
+        pytest.skip("ovs-ofctl is not installed")
+    for action, text in ((oversize.check(1464), "check_pkt_larger(1464)->NXM_NX_REG0[8]"),
+                         (CheckPktLarger(9000, RegField("r3", 3, 17, 17)),
+                          "check_pkt_larger(9000)->NXM_NX_REG3[17]")):
+        buf = bytearray()
+        CONV.action_to_ofp(action).serialize(buf, 0)
+        assert len(buf) == 24
+        out = subprocess.run([OFCTL, "parse-actions", "OpenFlow15"], input=buf.hex(),
+                             capture_output=True, text=True, check=True).stdout
+        assert out.strip() == f"actions={text}", out  # no difference lines follow
 
 
 def test_modify_and_delete_are_strict() -> None:
