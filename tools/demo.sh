@@ -24,8 +24,11 @@ mclab pod create sender --node node1 >/dev/null
 for p in "recv-a node1" "recv-b node2" "recv-c node3" "idle node3"; do
   set -- $p; mclab pod create "$1" --node "$2" >/dev/null
 done
-mclab external create outside >/dev/null
+ext_ip=$(mclab external create outside | tail -1)
 mclab status
+echo
+echo "== unicast keeps using the pod's primary network (eth0): sender pings the outside host"
+mclab exec sender -- ping -c 1 -W 2 "$ext_ip" | sed -n 2p
 echo
 out=$(mktemp -d)
 for r in recv-a recv-b recv-c outside; do
