@@ -1,11 +1,13 @@
 """The OpenFlow byte channel: one TCP connection from the bridge, framing, xids, the ofchannel log.
 
-This module owns the transport under ``agent.ofswitch``: reading whole OpenFlow messages off
+This module owns the transport under ``agent.ovs.switch``: reading whole OpenFlow messages off
 the socket, numbering and sending encoded messages from several threads (one lock, in order),
 remembering what each recent xid was (so a late error can say which message it refers to),
 and the "ofchannel" log of every message sent and received (logger
-``agent.ovs.channel.messages`` at DEBUG). It knows nothing of message
-contents; the os-ken codec modules are handed in, so os_ken is imported only by the adaptor.
+``agent.ovs.channel.messages`` at DEBUG). It knows nothing of message contents: os-ken
+messages are serialized by their own code (the codec modules are handed in, so os_ken is
+imported only by the adaptor), messages encoded elsewhere (``agent.ovs.fastwire``) take xids
+from here and are noted as sent, their descriptions computed only if ever needed.
 
 Also here: the waiter a request blocks on. The exceptions the adaptor raises belong to the
 switch port it implements (``agent.flowsync.switch``).
@@ -21,7 +23,7 @@ import socket
 import struct
 import threading
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any
@@ -32,6 +34,9 @@ ofchannel = logging.getLogger("agent.ovs.channel.messages")
 EXIT_FATAL = 70
 RECENT_XIDS = 1024
 _HDR = struct.Struct("!BBHI")  # ofp_header: version, type, length, xid
+
+What = str | Callable[[], str]
+"""What a sent message was: text, or how to make it (called only when someone asks)."""
 
 
 def exit_process(exc: BaseException) -> None:
@@ -51,6 +56,8 @@ class Waiter:
     done: threading.Event = field(default_factory=threading.Event)
     replies: list[Any] = field(default_factory=list)
     errors: list[tuple[str, str]] = field(default_factory=list)
+    labels: dict[int, Any] = field(default_factory=dict)  # xid -> a step's name, or an op
+    failed: list[Any] = field(default_factory=list)  # the ops (not steps) errors came for
 
 
 class Channel:
@@ -65,13 +72,22 @@ class Channel:
         self._xid = random.randint(1, 0xFFFF)
         self._lock = threading.Lock()  # xids and the recent-xid memory
         self._send_lock = threading.Lock()
-        self._recent: OrderedDict[int, str] = OrderedDict()
+        self._recent: OrderedDict[int, What] = OrderedDict()
 
     def set_xid(self, msg: Any) -> int:
         with self._lock:
             self._xid = self._xid % 0xFFFFFFFF + 1
             msg.set_xid(self._xid)
             return self._xid
+
+    def take_xids(self, n: int) -> list[int]:
+        """``n`` consecutive xids for messages encoded elsewhere."""
+        with self._lock:
+            first = self._xid
+            out = [(first + i) % 0xFFFFFFFF + 1 for i in range(n)]
+            if out:
+                self._xid = out[-1]
+            return out
 
     def encode(self, msg: Any, what: str = "") -> bytes:
         """Serialize ``msg`` (assigning an xid) and remember what it was."""
@@ -80,19 +96,45 @@ class Channel:
         msg.serialize()
         if ofchannel.isEnabledFor(logging.DEBUG):
             ofchannel.debug("send xid=%#x %s %s", msg.xid, what, msg)
+        self._remember([(msg.xid, what or type(msg).__name__)])
+        return bytes(msg.buf)
+
+    def note_sent(self, sent: Sequence[tuple[int, What]]) -> None:
+        """Log and remember messages encoded elsewhere, by xid (only the last RECENT_XIDS
+        are kept, so only theirs are ever described)."""
+        if ofchannel.isEnabledFor(logging.DEBUG):
+            for xid, what in sent:
+                ofchannel.debug("send xid=%#x %s", xid, what if isinstance(what, str) else what())
+        self._remember(sent[-RECENT_XIDS:])
+
+    def _remember(self, sent: Sequence[tuple[int, What]]) -> None:
         with self._lock:
-            self._recent[msg.xid] = what or type(msg).__name__
+            for xid, what in sent:
+                self._recent[xid] = what
             while len(self._recent) > RECENT_XIDS:
                 self._recent.popitem(last=False)
-        return bytes(msg.buf)
 
     def what(self, xid: int) -> str:
         with self._lock:
-            return self._recent.get(xid, "an earlier message")
+            found = self._recent.get(xid, "an earlier message")
+        return found if isinstance(found, str) else found()
 
     def send_raw(self, data: bytes) -> None:
         with self._send_lock:
             self.sock.sendall(data)
+
+    def send_batched(self, chunks: Sequence[bytes], batch_bytes: int = 1 << 20) -> None:
+        """Send encoded messages in order, joined into writes of about ``batch_bytes``."""
+        batch: list[bytes] = []
+        size = 0
+        for c in chunks:
+            batch.append(c)
+            size += len(c)
+            if size >= batch_bytes:
+                self.send_raw(b"".join(batch))
+                batch, size = [], 0
+        if batch:
+            self.send_raw(b"".join(batch))
 
     def send_msg(self, msg: Any, what: str = "") -> int:
         self.send_raw(self.encode(msg, what))

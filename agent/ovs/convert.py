@@ -1,8 +1,10 @@
 """Conversion between pipeline descriptions and os-ken OpenFlow 1.5 messages, both ways.
 
-This module owns the wire encoding of our flows, groups, meters and packet-outs, and their
-decoding from what the switch reports (flow desc, group desc, meter desc, packet-in2). Together
-with ``agent.ofswitch`` it is the only code that imports os_ken; it does no I/O.
+This module owns the wire encoding of our flows, groups, meters and packet-outs as os-ken
+messages, and their decoding from what the switch reports (flow desc, group desc, meter desc,
+packet-in2); it does no I/O. The flow and group mods of a bundle are written by
+``agent.ovs.fastwire`` instead, to the byte what os-ken makes of the messages here (which stay
+the reference, and the fallback for what fastwire declines).
 
 Why OpenFlow 1.5 rather than 1.3: a group larger than one message (> ~1000 remote buckets)
 needs the INSERT_BUCKET group command in the same bundle as the ADD/MODIFY. OVS accepts that

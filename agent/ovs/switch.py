@@ -1,11 +1,12 @@
 """The agent's OpenFlow channel to br-int: listen, handshake, bundles, dumps, packet-in/out.
 
-This module owns the controller connection (OpenFlow 1.5, see ``agent.ofconvert`` for why),
+This module owns the controller connection (OpenFlow 1.5, see ``agent.ovs.convert`` for why),
 request/reply matching by xid, turning OpenFlow errors into readable exceptions that name the
-op that failed, and delivering packet-ins. With ``agent.ofconvert`` it is the only code that
-imports os_ken; the byte channel under it is ``agent.ofchannel``.
+op that failed (ops are described only then), and delivering packet-ins. The byte channel
+under it is ``agent.ovs.channel``.
 
-os-ken supplies the wire codec (message classes and parsers); the connection is served here
+os-ken supplies the wire codec (message classes and parsers), but the flow and group mods of
+a bundle are written by ``agent.ovs.fastwire`` (os-ken's bytes). The connection is served here
 with plain threads instead of os-ken's app_manager/Datapath, which keep process-wide
 registries (one controller per process) and, with the native hub, leave a send thread
 blocked after a disconnect. The API is synchronous and thread-safe; callbacks run on one
@@ -15,6 +16,7 @@ event thread so they may call back into the switch (the receive thread never blo
 from __future__ import annotations
 
 import contextlib
+import functools
 import itertools
 import logging
 import socket
@@ -38,16 +40,19 @@ from agent.flowsync.switch import (
     SwitchOp,
 )
 from agent.ovs import convert as ofconvert
+from agent.ovs import fastwire
 from agent.ovs.buckets import DESC_SAFE_BUCKETS
-from agent.ovs.channel import Channel, Waiter, exit_process
+from agent.ovs.channel import RECENT_XIDS, Channel, Waiter, exit_process
 from agent.ovs.convert import OF_VERSION, Converter, ConvertError, error_message_text
 from agent.ovs.events import EventQueue
+from agent.ovs.fastwire import OpEncoder
 from pipeline.model import OFPP_CONTROLLER, Action, Group, SwitchState
 from pipeline.ops import Command, MeterOp
 from pipeline.tables import Pipeline
 
 log = logging.getLogger(__name__)
 
+Label = str | SwitchOp  # what a message stands for: a step ("open") or an op (described late)
 
 
 class OpenFlowSwitch:
@@ -69,9 +74,10 @@ class OpenFlowSwitch:
         self._connected = threading.Event()
         self._lock = threading.Lock()  # guards _conn and _pending
         self._apply_lock = threading.Lock()  # one bundle at a time
-        self._pending: dict[int, tuple[Waiter, str]] = {}
+        self._pending: dict[int, Waiter] = {}  # xid -> who waits (the waiter has its label)
         self._bundle_ids = itertools.count(1)
         self._buckets: dict[int, int] = {}  # group id -> next bucket id (see agent.ovs.buckets)
+        self.encoder = OpEncoder(self.convert)  # ops' bytes: fastwire, os-ken where it declines
         self._events = EventQueue(self._deliver_packet_ins)
         self._stopping = False
         self._threads: list[threading.Thread] = []
@@ -169,11 +175,10 @@ class OpenFlowSwitch:
             if self._conn is conn:
                 self._conn = None
                 self._connected.clear()
-            pending = [(x, e) for x, e in self._pending.items() if e[0].channel is conn]
-            for x, _ in pending:
-                del self._pending[x]
-        for _, (waiter, label) in pending:
-            waiter.errors.append((label, "bridge disconnected"))
+            pending = [x for x, w in self._pending.items() if w.channel is conn]
+            waiters = {id(w): w for w in (self._pending.pop(x) for x in pending)}
+        for waiter in waiters.values():
+            waiter.errors.append(("connection", "bridge disconnected"))
             waiter.done.set()
         if conn.id is not None:
             log.warning("bridge %#x disconnected", conn.id)
@@ -181,8 +186,8 @@ class OpenFlowSwitch:
     def _on_raw(self, conn: Channel, version: int, msg_type: int, xid: int,
                 raw: bytes) -> None:
         with self._lock:
-            entry = self._pending.get(xid)
-        if entry is not None and entry[0].raw and msg_type == ofp.OFPT_MULTIPART_REPLY:
+            waiter = self._pending.get(xid)
+        if waiter is not None and waiter.raw and msg_type == ofp.OFPT_MULTIPART_REPLY:
             # Parsed by the caller (ofconvert): os-ken's group desc parser is not reliable.
             self._reply(xid, raw, more=bool(struct.unpack_from("!H", raw, 10)[0] & 1))
             return
@@ -191,9 +196,10 @@ class OpenFlowSwitch:
                 f"bridge speaks OpenFlow version {version}; allow OpenFlow15 in its protocols")
         msg = ofproto_parser.msg(conn, version, msg_type, len(raw), xid, raw)
         if msg is None:  # os-ken logged the parse failure; a waiter must not hang on it
-            if entry is not None:
-                entry[0].errors.append((entry[1], f"unparseable reply (type {msg_type})"))
-                entry[0].done.set()
+            if waiter is not None:
+                waiter.errors.append((self._text(waiter.labels.get(xid, "reply")),
+                                      f"unparseable reply (type {msg_type})"))
+                waiter.done.set()
             return
         self._dispatch(conn, msg)
 
@@ -231,11 +237,10 @@ class OpenFlowSwitch:
 
     def _reply(self, xid: int, msg: Any, more: bool) -> None:
         with self._lock:
-            entry = self._pending.get(xid)
-        if entry is None:
+            waiter = self._pending.get(xid)
+        if waiter is None:
             log.debug("unexpected reply xid=%#x", xid)
             return
-        waiter = entry[0]
         waiter.replies.append(msg)
         if not more and waiter.final_xid == xid:
             waiter.done.set()
@@ -243,13 +248,15 @@ class OpenFlowSwitch:
     def _on_error(self, conn: Channel, msg: Any) -> None:
         text = error_message_text(msg)
         with self._lock:
-            entry = self._pending.get(msg.xid)
-        if entry is None:
+            waiter = self._pending.get(msg.xid)
+        if waiter is None:
             what = conn.what(msg.xid)
             log.error("OpenFlow error for %s (xid=%#x): %s", what, msg.xid, text)
             return
-        waiter, label = entry
-        waiter.errors.append((label, text))
+        label = waiter.labels.get(msg.xid, "request")
+        if not isinstance(label, str):
+            waiter.failed.append(label)
+        waiter.errors.append((self._text(label), text))
         if waiter.final_xid == msg.xid:
             waiter.done.set()
 
@@ -275,9 +282,12 @@ class OpenFlowSwitch:
             raise SwitchDisconnected(f"no bridge connected to {self.listen_addr}")
         return conn
 
-    def _register(self, waiter: Waiter, xid: int, label: str) -> None:
+    def _register(self, waiter: Waiter, xids: Sequence[int],
+                  labels: Sequence[Label] | None = None) -> None:  # replies, errors -> waiter
+        if labels is not None:
+            waiter.labels.update(zip(xids, labels, strict=True))
         with self._lock:
-            self._pending[xid] = (waiter, label)
+            self._pending.update(dict.fromkeys(xids, waiter))
 
     def _forget(self, xids: Sequence[int]) -> None:
         with self._lock:
@@ -296,7 +306,7 @@ class OpenFlowSwitch:
         waiter = Waiter(channel=conn, raw=raw)
         data = conn.encode(msg, what)
         waiter.final_xid = msg.xid
-        self._register(waiter, msg.xid, what)
+        self._register(waiter, [msg.xid], [what])
         try:
             conn.send_raw(data)
             self._wait(waiter, what)
@@ -313,108 +323,113 @@ class OpenFlowSwitch:
         """Apply ops atomically in one bundle; raise OpenFlowError naming the ops that failed.
 
         OVS bundles carry flow and group mods only: meter adds/modifies go just before the
-        bundle and meter deletes just after it (the differ orders them that way too).
+        bundle and meter deletes just after it (the differ orders them that way too). Every op
+        is encoded before anything is sent; an op is described only if it fails.
         """
         if not ops:
             return
         with self._apply_lock:
             conn = self._require()
             buckets = dict(self._buckets)
-            encoded = [(op, switchops.describe(op, self.pipeline),
-                        self._encode(conn, op, buckets)) for op in ops]
+            encoded = [self._encode(op, buckets) for op in ops]  # bytes (meters: os-ken's)
 
-            def items(keep: Callable[[SwitchOp], bool]) -> list[tuple[str, Any]]:
-                return [(label, msg) for op, label, msg in encoded if keep(op)]
+            def pick(keep: Callable[[SwitchOp], bool]) -> tuple[list[SwitchOp], list[Any]]:
+                chosen = [i for i, op in enumerate(ops) if keep(op)]
+                return [ops[i] for i in chosen], [encoded[i] for i in chosen]
 
+            def meters(delete: bool, what: str) -> None:
+                meter_ops, msgs = pick(lambda op: isinstance(op, MeterOp)
+                                       and (op.command is Command.DELETE) == delete)
+                if meter_ops:
+                    self._transact(conn, *self._serialized(conn, meter_ops, msgs, what), what,
+                                   ops)
+
+            meters(False, "meters")
+            bundled, messages = pick(lambda op: not isinstance(op, MeterOp))
+            if bundled:
+                self._bundle(conn, bundled, messages, ops)
+            self._buckets = buckets
+            meters(True, "meter deletes")
+
+    def _serialized(self, conn: Channel, labels: Sequence[Label], msgs: Sequence[Any],
+                    what: str) -> tuple[list[Label], list[int], list[bytes]]:
+        """(labels, xids, bytes) of os-ken messages (steps, meters), xids assigned here."""
+        xids, chunks = [], []
+        for label, msg in zip(labels, msgs, strict=True):
             try:
-                before = items(lambda op: isinstance(op, MeterOp)
-                               and op.command is not Command.DELETE)
-                if before:
-                    self._transact(conn, before, "meters", ops)
-                bundled = items(lambda op: not isinstance(op, MeterOp))
-                if bundled:
-                    self._bundle(conn, bundled, ops)
-                self._buckets = buckets
-                after = items(lambda op: isinstance(op, MeterOp) and op.command is Command.DELETE)
-                if after:
-                    self._transact(conn, after, "meter deletes", ops)
-            except OpenFlowError as exc:
-                failed = {label for label, _ in exc.failures}
-                exc.failed_ops = [op for op, label, _ in encoded if label in failed]
-                raise
+                chunks.append(conn.encode(msg, f"{what}: {self._text(label)}"))
+            except struct.error as exc:  # a length field overflowed: the op is too big
+                raise ConvertError(f"{self._text(label)}: message too large") from exc
+            xids.append(msg.xid)
+        return list(labels), xids, chunks
 
-    def _transact(self, conn: Channel, items: list[tuple[str, Any]], what: str,
-                  ops: Sequence[SwitchOp], waiter: Waiter | None = None) -> Waiter:
-        """Send (label, message) items and a barrier; raise if any of them was refused."""
+    def _transact(self, conn: Channel, labels: list[Label], xids: list[int],
+                  chunks: list[bytes], what: str, ops: Sequence[SwitchOp],
+                  waiter: Waiter | None = None) -> Waiter:
+        """Send encoded messages and a barrier; raise if any of them was refused."""
         waiter = waiter if waiter is not None else Waiter(channel=conn)
         waiter.done.clear()
-        xids, chunks = [], []
+        barrier = self._serialized(conn, ["barrier"], [ofpp.OFPBarrierRequest(conn)], what)
+        xids = [*xids, *barrier[1]]
+        waiter.final_xid = xids[-1]
+        self._register(waiter, xids, [*labels, *barrier[0]])
         try:
-            for label, msg in [*items, ("barrier", ofpp.OFPBarrierRequest(conn))]:
-                try:
-                    chunks.append(conn.encode(msg, f"{what}: {label}"))
-                except struct.error as exc:  # a length field overflowed: the op is too big
-                    raise ConvertError(f"{label}: message too large for OpenFlow") from exc
-                xids.append(msg.xid)
-                self._register(waiter, msg.xid, label)
-            waiter.final_xid = xids[-1]
-            self._send_chunks(conn, chunks)
+            conn.send_batched([*chunks, *barrier[2]])
             self._wait(waiter, what)
         finally:
             self._forget(xids)
         if waiter.errors:
-            raise OpenFlowError(what, waiter.errors, ops)
+            raise OpenFlowError(what, waiter.errors, ops, waiter.failed)
         return waiter
 
-    def _bundle(self, conn: Channel, items: list[tuple[str, Any]],
+    def _bundle(self, conn: Channel, bundled: list[SwitchOp], messages: list[bytes],
                 ops: Sequence[SwitchOp]) -> None:
         """Open, adds and a barrier first: OVS refuses a malformed add on its own and would
         still commit the rest, so an error there discards the bundle. Then the commit, whose
         failure OVS reports against the add that failed (its xid) and then the commit."""
         bid = next(self._bundle_ids)
         flags = ofp.OFPBF_ATOMIC | ofp.OFPBF_ORDERED
-        what = f"bundle {bid} of {len(items)} ops"
+        what = f"bundle {bid} of {len(bundled)} ops"
 
-        def ctrl(kind: int) -> Any:
-            return ofpp.OFPBundleCtrlMsg(conn, bid, kind, flags, [])
+        def ctrl(step: str, kind: int) -> tuple[list[Label], list[int], list[bytes]]:
+            msg = ofpp.OFPBundleCtrlMsg(conn, bid, kind, flags, [])
+            return self._serialized(conn, [step], [msg], what)
 
-        adds = [(label, ofpp.OFPBundleAddMsg(conn, bid, flags, msg, [])) for label, msg in items]
+        labels, xids, chunks = ctrl("open", ofp.OFPBCT_OPEN_REQUEST)
+        add_xids, adds = self._bundle_adds(conn, bid, flags, bundled, messages)
         waiter = Waiter(channel=conn)
         try:
-            self._transact(conn, [("open", ctrl(ofp.OFPBCT_OPEN_REQUEST)), *adds], what, ops,
-                           waiter)
+            self._transact(conn, [*labels, *bundled], [*xids, *add_xids], [*chunks, *adds],
+                           what, ops, waiter)
         except OpenFlowError:
             with contextlib.suppress(OSError):
-                conn.send_msg(ctrl(ofp.OFPBCT_DISCARD_REQUEST), f"bundle {bid}: discard")
+                conn.send_batched(ctrl("discard", ofp.OFPBCT_DISCARD_REQUEST)[2])
             raise
-        add_xids = [msg.xid for _, msg in adds]
-        for (label, _), xid in zip(adds, add_xids, strict=True):
-            self._register(waiter, xid, label)
+        self._register(waiter, add_xids)  # the commit's failure names them
         try:
-            self._transact(conn, [("commit", ctrl(ofp.OFPBCT_COMMIT_REQUEST))], what, ops,
-                           waiter)
+            self._transact(conn, *ctrl("commit", ofp.OFPBCT_COMMIT_REQUEST), what, ops, waiter)
         finally:
             self._forget(add_xids)
-        log.debug("bundle %d committed: %d ops", bid, len(items))
+        log.debug("bundle %d committed: %d ops", bid, len(bundled))
 
-    @staticmethod
-    def _send_chunks(conn: Channel, chunks: list[bytes]) -> None:
-        batch: list[bytes] = []
-        size = 0
-        for c in chunks:
-            batch.append(c)
-            size += len(c)
-            if size >= 1 << 20:
-                conn.send_raw(b"".join(batch))
-                batch, size = [], 0
-        if batch:
-            conn.send_raw(b"".join(batch))
+    def _bundle_adds(self, conn: Channel, bid: int, flags: int, bundled: list[SwitchOp],
+                     messages: list[bytes]) -> tuple[list[int], list[bytes]]:
+        """(xids, BUNDLE_ADD_MESSAGEs of bundle ``bid``) of the encoded messages."""
+        xids = conn.take_xids(len(messages))
+        adds = list(map(functools.partial(fastwire.bundle_add, bid, flags), xids, messages))
+        last = zip(xids[-RECENT_XIDS:], bundled[-RECENT_XIDS:], strict=True)
+        conn.note_sent([(xid, functools.partial(self._text, op)) for xid, op in last])
+        return xids, adds
 
-    def _encode(self, conn: Channel, op: SwitchOp, buckets: dict[int, int]) -> Any:
+    def _encode(self, op: SwitchOp, buckets: dict[int, int]) -> Any:
+        """A meter op's os-ken message, or a bundled op's bytes (``OpEncoder``)."""
         try:
-            return ofconvert.encode(self.convert, conn, op, buckets)
+            return self.encoder.encode(op, buckets)
         except (ConvertError, ValueError, KeyError) as exc:
-            raise ConvertError(f"{switchops.describe(op, self.pipeline)}: {exc}") from exc
+            raise ConvertError(f"{self._text(op)}: {exc}") from exc
+
+    def _text(self, label: Label) -> str:
+        return label if isinstance(label, str) else switchops.describe(label, self.pipeline)
 
     # -- reading back ---------------------------------------------------------------------------
 

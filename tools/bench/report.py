@@ -118,7 +118,7 @@ def _programming(sec: dict[str, Any]) -> list[str]:
         i, m, d = s["install"], s["modify_all"], s["delete_all"]
         lines.append(
             f"    {s['groups']} groups in one reconcile: {i['total_s']} s = {i['groups_per_s']} "
-            f"groups/s, {i['flows_per_s']} flows/s (apply {i['apply_s']} s: os-ken encode "
+            f"groups/s, {i['flows_per_s']} flows/s (apply {i['apply_s']} s: encode "
             f"{i['encode_s']} s, switch+socket {i['switch_s']} s, vswitchd CPU "
             f"{i['vswitchd_cpu_s']} s); modify all {m['total_s']} s, delete all {d['total_s']} s")
         pc = s["per_change"]

@@ -1,10 +1,12 @@
-"""agent.ofswitch against a scripted fake bridge on loopback: handshake, errors by xid, fatal.
+"""agent.ovs.switch against a scripted fake bridge on loopback: handshake, errors by xid, fatal,
+and the bytes of a bundle's adds (os-ken's, written by the fast path, with the switch's xids).
 
 No OVS needed: the test plays the switch side of the OpenFlow 1.5 connection byte by byte.
 """
 
 from __future__ import annotations
 
+import logging
 import socket
 import struct
 import threading
@@ -14,12 +16,17 @@ import pytest
 from os_ken.ofproto import ofproto_protocol
 from os_ken.ofproto import ofproto_v1_5 as ofp
 from os_ken.ofproto import ofproto_v1_5_parser as ofpp
+from wirecheck import os_ken_bundle_add
 
-from agent.ovs.convert import OF_VERSION
+from agent.flowsync.switch import CookieDelete
+from agent.ovs.channel import Channel
+from agent.ovs.convert import OF_VERSION, ConvertError
 from agent.ovs.switch import OpenFlowError, OpenFlowSwitch, SwitchDisconnected
 from pipeline import layout
-from pipeline.model import Flow, GroupAction, Match
-from pipeline.ops import Command, FlowOp
+from pipeline import multicast as mc
+from pipeline.cookies import round_cookie_mask
+from pipeline.model import Bucket, Flow, Group, GroupAction, Match, Output, SetField
+from pipeline.ops import Command, FlowOp, GroupOp
 
 P = layout.multicast_pipeline()
 HDR = struct.Struct("!BBHI")
@@ -236,3 +243,62 @@ def test_reconnect_replaces_the_connection(fatal: list[BaseException]) -> None:
     finally:
         first.sock.close()
         sw.stop()
+
+
+def test_bundle_adds_are_os_kens_bytes_with_the_switchs_xids(
+        pair: tuple[OpenFlowSwitch, FakeBridge], caplog: pytest.LogCaptureFixture) -> None:
+    sw, bridge = pair
+    flow = Flow(layout.ROUTING, 200, Match.of(eth_type=0x800, ipv4_dst="239.1.1.1"),
+                (GroupAction(5),), cookie=1)
+    group = Group(5, (mc.local_bucket(1), mc.remote_bucket("10.0.0.2")))
+    more = Group(5, (mc.external_bucket(),))
+    ops = [FlowOp(Command.ADD, flow), GroupOp(Command.ADD, group),
+           GroupOp(Command.INSERT_BUCKETS, more), CookieDelete(*round_cookie_mask(2))]
+    t = threading.Thread(target=sw.apply, args=(ops,))
+    t.start()
+    _, open_raw = bridge.expect(ofp.OFPT_BUNDLE_CONTROL)
+    bundle_id, _, flags = struct.unpack_from("!IHH", open_raw, 8)
+    adds = [bridge.expect(ofp.OFPT_BUNDLE_ADD_MESSAGE) for _ in ops]
+    for op, first, (xid, raw) in zip(ops, [0, 0, 2, 0], adds, strict=True):
+        assert raw == os_ken_bundle_add(op, first, xid, bundle_id, flags)
+    assert [xid for xid, _ in adds] == list(range(adds[0][0], adds[0][0] + len(ops)))
+    xid, _ = bridge.expect(ofp.OFPT_BARRIER_REQUEST)
+    bridge.send(ofp.OFPT_BARRIER_REPLY, xid)
+    bridge.expect(ofp.OFPT_BUNDLE_CONTROL)
+    xid, _ = bridge.expect(ofp.OFPT_BARRIER_REQUEST)
+    bridge.send(ofp.OFPT_BARRIER_REPLY, xid)
+    t.join(5)
+    assert not t.is_alive() and sw.encoder.fast.fast == len(ops)
+    # An error that comes too late for the bundle still names the op (described only now).
+    with caplog.at_level(logging.ERROR, logger="agent.ovs.switch"):
+        bridge.error(adds[0][0], ofp.OFPET_BAD_ACTION, ofp.OFPBAC_BAD_OUT_GROUP, adds[0][1])
+        bridge.send(ofp.OFPT_ECHO_REQUEST, 99)
+        bridge.expect(ofp.OFPT_ECHO_REPLY)  # the error was handled before the echo
+    assert "OpenFlow error for add flow" in caplog.text and "239.1.1.1" in caplog.text
+
+
+def test_xids_taken_in_bulk_continue_the_sequence() -> None:
+    a, b = socket.socketpair()
+    try:
+        conn = Channel(a, None, ofp, ofpp)
+        conn._xid = 0xFFFFFFFE
+        assert conn.take_xids(3) == [0xFFFFFFFF, 1, 2] and conn.take_xids(0) == []
+        assert conn.set_xid(ofpp.OFPBarrierRequest(conn)) == 3
+        conn.note_sent([(4, lambda: "described late"), (5, "plain")])
+        assert conn.what(4) == "described late" and conn.what(5) == "plain"
+        assert conn.what(6) == "an earlier message"
+    finally:
+        a.close()
+        b.close()
+
+
+def test_an_op_too_big_to_send_is_refused_before_anything_is_sent(
+        pair: tuple[OpenFlowSwitch, FakeBridge]) -> None:
+    sw, bridge = pair
+    flow = Flow(layout.ROUTING, 200, Match.of(eth_type=0x800), (GroupAction(3),), cookie=1)
+    big = Bucket((SetField("eth_src", "02:00:00:00:00:01"), Output(1)))  # 40 bytes
+    group = Group(8, (big,) * 1637 + (Bucket((Output(1),)),))  # 65,528 bytes
+    with pytest.raises(ConvertError, match=r"add group 0x8 \(1638 buckets\).*does not fit"):
+        sw.apply([FlowOp(Command.ADD, flow), GroupOp(Command.ADD, group)])
+    bridge.send(ofp.OFPT_ECHO_REQUEST, 5)
+    assert bridge.expect(ofp.OFPT_ECHO_REPLY)[0] == 5  # no bundle was opened before it

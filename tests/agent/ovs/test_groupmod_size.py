@@ -2,8 +2,10 @@
 
 The differ splits groups by sizes ``pipeline.groupsplit`` computes from the descriptions. Here
 each is compared with the length os-ken serializes for the adaptor's message (OpenFlow 1.5),
-action kind by action kind and for every kind of bucket the pipeline builds, for ADD, MODIFY and
-INSERT_BUCKETS alike: equal, not merely bounded, so the splitter's limit is exact. Wrapped in a
+and with the length of what the switch actually sends, the fast path's bytes
+(``agent.ovs.fastwire``, which must be os-ken's to the byte), action kind by action kind and for
+every kind of bucket the pipeline builds, for ADD, MODIFY and INSERT_BUCKETS alike: equal, not
+merely bounded, so the splitter's limit is exact. Wrapped in a
 bundle-add, a group mod of ``MAX_BUNDLED_MESSAGE`` bytes still fits the 16-bit length, and OVS
 takes the largest one the splitter makes. A bigger group goes as ADD + INSERT_BUCKETS in one
 bundle.
@@ -26,6 +28,7 @@ from os_ken.ofproto import ofproto_v1_5_parser as ofpp
 from agent.flowsync.reconciler import Reconciler
 from agent.ovs.buckets import DESC_SAFE_BUCKETS
 from agent.ovs.convert import MAX_BUNDLED_MESSAGE, OF_VERSION, Converter
+from agent.ovs.fastwire import FastEncoder, bundle_add
 from agent.ovs.ovsdb import Ovsdb
 from agent.ovs.switch import OpenFlowSwitch
 from pipeline import layout
@@ -73,7 +76,8 @@ def _group(n_remote: int, gid: int = 5, local: tuple[int, ...] = ()) -> Group:
 
 
 def _wire_size(op: GroupOp, first_bucket: int = 0) -> tuple[int, int]:
-    """(group mod length, bundle-add length) as os-ken serializes them."""
+    """(group mod length, bundle-add length) as os-ken serializes them, which are also the
+    fast path's: its bytes are checked to be the same."""
     dp = ofproto_protocol.ProtocolDesc(OF_VERSION)
     msg = Converter(P).group_mod(dp, op, first_bucket)
     msg.xid = 1
@@ -81,6 +85,9 @@ def _wire_size(op: GroupOp, first_bucket: int = 0) -> tuple[int, int]:
     add = ofpp.OFPBundleAddMsg(dp, 1, 0, Converter(P).group_mod(dp, op, first_bucket), [])
     add.xid = 2
     add.serialize()
+    fast = FastEncoder(P).encode(op, first_bucket)
+    assert fast is not None and bytes(msg.buf)[8:] == fast[8:]
+    assert bundle_add(1, 0, 2, fast) == bytes(add.buf)
     return len(msg.buf), len(add.buf)
 
 
