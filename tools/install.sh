@@ -31,6 +31,26 @@ else
     install --no-install-recommends "${PKGS[@]}" >/dev/null
 fi
 
+# --- kubectl: tests drive the lab API server (tools/kubeapi) with the real binary -------------
+# The machine image ships kubectl 1.32 at /usr/bin/kubectl; elsewhere Debian's
+# kubernetes-client (1.20). Verified against tests/tools/test_kubeapi.py: Debian's 1.20.2 and
+# 1.27-1.33 all pass (with < 1.24, which lacks `patch --subresource`, the tests write statuses
+# through the Python client instead).
+KUBECTL_MIN_MINOR=20
+if ! command -v kubectl >/dev/null; then
+  say "apt: installing kubernetes-client (kubectl)"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get -qq -o DPkg::Lock::Timeout=300 update
+  apt-get -qq -y -o DPkg::Lock::Timeout=300 -o Dpkg::Use-Pty=0 \
+    install --no-install-recommends kubernetes-client >/dev/null
+fi
+kubectl_minor=$(kubectl version --client -o json 2>/dev/null \
+  | python3 -c 'import json,sys; print(int("".join(c for c in json.load(sys.stdin)["clientVersion"]["minor"] if c.isdigit())))' \
+  2>/dev/null || echo 0)
+[ "$kubectl_minor" -ge "$KUBECTL_MIN_MINOR" ] \
+  || die "kubectl $(command -v kubectl) is 1.$kubectl_minor; the tests need >= 1.$KUBECTL_MIN_MINOR"
+say "kubectl: $(command -v kubectl) (1.$kubectl_minor)"
+
 # --- no system OVS daemons: tests run private ones inside network namespaces ----------------
 if [ -d /run/systemd/system ] && command -v systemctl >/dev/null; then
   for u in openvswitch-switch ovs-vswitchd ovsdb-server; do
