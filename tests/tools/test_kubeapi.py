@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import queue
+import re
 import shutil
 import signal
 import subprocess
@@ -195,14 +196,16 @@ def test_kubectl_multicastgroups_print_group_and_pods(api: Api, crd: tuple[str, 
     status = {"status": {"group": "225.1.2.3", "podsSummary": "default/mcjoin, prod/reader"}}
     api.patch_status("225.1.2.3", status["status"])
     lines = api.kubectl("get", "multicastgroups").stdout.splitlines()
-    assert lines[0].split() == ["NAME", "GROUP", "PODS"]
-    assert lines[1].split(None, 2) == ["225.1.2.3", "225.1.2.3", "default/mcjoin, prod/reader"]
+    assert lines[0].split() == ["NAME", "GROUP", "PODS", "AGE"]
+    name, grp, rest = lines[1].split(None, 2)
+    assert (name, grp) == ("225.1.2.3", "225.1.2.3")
+    assert re.fullmatch(r"default/mcjoin, prod/reader\s+\d+s", rest), rest
     api.kubectl("label", "mcg", "225.1.2.3", "owner=test")  # a main-resource write...
     got = json.loads(api.kubectl("get", "mcg", "225.1.2.3", "-o", "json").stdout)
     assert got["status"] == status["status"]  # ...leaves the status alone
     assert got["metadata"]["labels"] == {"owner": "test"}
     wide = api.kubectl("get", "mcg", "-o", "wide").stdout.splitlines()
-    assert wide[0].split() == ["NAME", "GROUP", "PODS"]
+    assert wide[0].split() == ["NAME", "GROUP", "PODS", "AGE"]
 
 
 def test_kubectl_get_watch_sees_a_live_update(api: Api, crd: tuple[str, str]) -> None:
@@ -219,10 +222,10 @@ def test_kubectl_get_watch_sees_a_live_update(api: Api, crd: tuple[str, str]) ->
     threading.Thread(target=lambda: [lines.put(ln) for ln in proc.stdout],  # type: ignore[union-attr]
                      daemon=True).start()
     try:
-        assert lines.get(timeout=10).split() == ["NAME", "GROUP", "PODS"]
-        assert lines.get(timeout=10).split() == ["224.5.6.4"]  # no status yet: empty cells
+        assert lines.get(timeout=10).split() == ["NAME", "GROUP", "PODS", "AGE"]
+        assert lines.get(timeout=10).split()[:1] == ["224.5.6.4"]  # no status yet: empty cells
         api.patch_status("224.5.6.4", {"group": "224.5.6.4", "podsSummary": "default/a"})
-        assert lines.get(timeout=10).split() == ["224.5.6.4", "224.5.6.4", "default/a"]
+        assert lines.get(timeout=10).split()[:3] == ["224.5.6.4", "224.5.6.4", "default/a"]
     finally:
         proc.terminate()
         proc.wait(5)

@@ -40,7 +40,7 @@ def test_multicastgroup_crd_prints_group_and_pods() -> None:
     crd = yaml.safe_load((MANIFESTS / "multicastgroup-crd.yaml").read_text())
     assert crd["spec"]["scope"] == "Cluster"
     (version,) = crd["spec"]["versions"]
-    assert [c["name"] for c in version["additionalPrinterColumns"]] == ["GROUP", "PODS"]
+    assert [c["name"] for c in version["additionalPrinterColumns"]] == ["GROUP", "PODS", "AGE"]
 
 
 # -- offline schema validation -----------------------------------------------------------------
