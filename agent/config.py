@@ -16,12 +16,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import yaml
 
 from agent.multicast.igmp.limits import Cap, Limits
 from agent.podnetwork import MIN_MTU
 from pipeline.multicast import Mode
+from wire.stream import DEFAULT_PORT
 
 
 class ConfigError(ValueError):
@@ -34,7 +36,7 @@ FEATURE_GATES: dict[str, bool] = {"Multicast": True}
 # The keys of each mapping ("" is the top level); anything else is rejected.
 KEYS: dict[str, tuple[str, ...]] = {
     "": ("featureGates", "trafficEncapMode", "multicast", "node", "ovs", "apiSocket",
-         "metricsPort"),
+         "metricsPort", "controller"),
     "featureGates": tuple(FEATURE_GATES),
     "multicast": ("enable", "multicastInterfaces", "igmpQueryInterval", "igmpMaxResponse",
                   "igmpQueryVersions", "igmpRobustness", "limits", "igmpRateLimit",
@@ -44,6 +46,7 @@ KEYS: dict[str, tuple[str, ...]] = {
     "node": ("name", "ip", "mac"),
     "ovs": ("db", "runDir", "datapathType", "tunnelType", "intBridge", "phyBridge",
             "controllerPort"),
+    "controller": ("address", "tokenFile", "caFile"),
 }
 
 
@@ -76,6 +79,15 @@ class PuntRates:
 
 
 @dataclass(frozen=True)
+class ControllerLinkConfig:
+    """Where the cluster controller's agent stream is and how to authenticate to it."""
+
+    address: str  # scheme://host:port (https; http only in labs and tests)
+    token_file: str  # a bearer token, re-read on every connect (projected tokens rotate)
+    ca_file: str = ""  # the CA that signed the controller's certificate ("": the system's)
+
+
+@dataclass(frozen=True)
 class AgentConfig:
     node_name: str
     node_ip: str
@@ -101,6 +113,7 @@ class AgentConfig:
     limits: Limits = Limits()
     punt_rates: PuntRates = PuntRates()
     interface_mtu: int | None = None  # the pod's multicast interface; None: the uplink's
+    controller: ControllerLinkConfig | None = None  # None: no controller (the lab's PUT /v1/nodes)
 
     @property
     def uplink(self) -> str | None:
@@ -163,6 +176,35 @@ def _interface_mtu(mc: dict[str, Any]) -> int | None:
     if mtu is not None and not MIN_MTU <= mtu <= 65535:
         raise ConfigError(f"multicast.interfaceMTU: {mtu} out of range {MIN_MTU}..65535")
     return mtu
+
+
+def _controller(raw: dict[str, Any]) -> ControllerLinkConfig | None:
+    """``controller``: absent → None; else an http(s) address (port default 10349) and a
+    token file, and for https optionally the CA file."""
+    if raw.get("controller") is None:
+        return None
+    d = _section(raw, "controller")
+    address = _get(d, "controller", "address", str, "")
+    if not address:
+        raise ConfigError("controller.address: required (e.g. 'https://host:10349')")
+    try:
+        url = urlsplit(address)
+        port = url.port
+    except ValueError as e:
+        raise ConfigError(f"controller.address: {address!r}: {e}") from None
+    if url.scheme not in ("https", "http") or not url.hostname or url.path.strip("/") \
+            or url.query or url.fragment or url.username:
+        raise ConfigError(f"controller.address: {address!r} is not like "
+                          f"'https://host:{DEFAULT_PORT}'")
+    host = f"[{url.hostname}]" if ":" in url.hostname else url.hostname
+    token_file = _get(d, "controller", "tokenFile", str, "")
+    if not token_file:
+        raise ConfigError("controller.tokenFile: required with controller.address")
+    ca_file = _get(d, "controller", "caFile", str, "")
+    if ca_file and url.scheme != "https":
+        raise ConfigError("controller.caFile: given but controller.address is not https")
+    return ControllerLinkConfig(f"{url.scheme}://{host}:{port or DEFAULT_PORT}",
+                                token_file, ca_file)
 
 
 def _check_keys(d: dict[str, Any], section: str) -> None:
@@ -245,6 +287,7 @@ def parse_config(raw: dict[str, Any], env: Mapping[str, str] | None = None) -> A
         limits=_limits(mc),
         punt_rates=_punt_rates(mc),
         interface_mtu=_interface_mtu(mc),
+        controller=_controller(raw),
     )
 
 

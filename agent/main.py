@@ -30,6 +30,7 @@ from pyroute2 import IPRoute
 from agent.api.server import LocalApiServer
 from agent.api.service import AgentService
 from agent.config import AgentConfig, ConfigError, load_config
+from agent.controllerlink import ControllerLink
 from agent.flowsync.reconciler import Reconciler
 from agent.multicast.collector import register_collector
 from agent.multicast.core import MulticastCore
@@ -93,6 +94,7 @@ class Agent:
         self.wake = threading.Event()  # set by the core when its next deadline may be earlier
         self.core: MulticastCore | None = None
         self.api: LocalApiServer | None = None
+        self.link: ControllerLink | None = None  # the controller's stream, when configured
 
     def _bridges(self) -> tuple[int | None, int | None, str]:
         cfg, db = self.cfg, self.db
@@ -161,6 +163,9 @@ class Agent:
         self.api = LocalApiServer(cfg.api_socket, AgentService(core, self.switch, self.pipeline,
                                                                  self.pod_mtu))
         self.api.start()
+        if cfg.controller is not None:  # else the node set comes by the API's PUT /v1/nodes
+            self.link = ControllerLink(cfg.controller, cfg.node_name, core)
+            self.link.start()
         log.info("agent of %s up: mode %s, round %d, %d pods re-adopted", cfg.node_name,
                  cfg.encap_mode, round_, len(pods))
 
@@ -179,6 +184,8 @@ class Agent:
 
     def stop(self) -> None:
         self.request_stop()
+        if self.link is not None:
+            self.link.stop()
         if self.api is not None:
             self.api.stop()
         self.switch.stop()

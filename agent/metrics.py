@@ -7,7 +7,7 @@ nothing of ours, so every layer may count.
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 IGMP_MESSAGES = Counter(
     "kube_mcast_igmp_messages_total", "IGMP messages received, by type and verdict",
@@ -29,4 +29,11 @@ FLOW_OPS = Counter("kube_mcast_flow_operations_total", "OpenFlow operations sent
 FLOW_OP_SECONDS = Histogram(
     "kube_mcast_flow_operation_seconds", "Time to apply one reconcile bundle",
     buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0),
+)
+CONTROLLER_CONNECTED = Gauge(
+    "kube_mcast_controller_link_connected", "1 while the stream to the controller is open",
+)
+CONTROLLER_RESYNCS = Counter(
+    "kube_mcast_controller_link_resyncs_total",
+    "Connections to the controller that delivered a full node set",
 )

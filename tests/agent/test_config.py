@@ -8,7 +8,14 @@ from typing import Any
 import pytest
 import yaml
 
-from agent.config import KEYS, ConfigError, load_config, parse_config, parse_duration
+from agent.config import (
+    KEYS,
+    ConfigError,
+    ControllerLinkConfig,
+    load_config,
+    parse_config,
+    parse_duration,
+)
 from pipeline.multicast import Mode
 
 BASE = {"node": {"name": "node1", "ip": "192.168.77.1"}}
@@ -144,6 +151,7 @@ def test_every_declared_key_is_accepted() -> None:
                 "tunnelType": "geneve", "intBridge": "br-a", "phyBridge": "br-b",
                 "controllerPort": 6654},
         "apiSocket": "/tmp/agent.sock", "metricsPort": 1,
+        "controller": {"address": "https://ctl:1234", "tokenFile": "/t", "caFile": "/ca"},
     }
     assert set(raw) == set(KEYS[""])
     def section(path: str) -> dict[str, Any]:
@@ -160,6 +168,7 @@ def test_every_declared_key_is_accepted() -> None:
     assert (cfg.max_response_s, cfg.robustness, cfg.api_socket, cfg.metrics_port) == (
         1, 3, "/tmp/agent.sock", 1)
     assert cfg.interface_mtu == 9000
+    assert cfg.controller == ControllerLinkConfig("https://ctl:1234", "/t", "/ca")
 
 
 def test_limits_and_punt_rates() -> None:
@@ -181,3 +190,38 @@ def test_interface_mtu_out_of_range_or_wrong_type(mtu: Any) -> None:
     raw = {"node": {"name": "n1", "ip": "10.0.0.1"}, "multicast": {"interfaceMTU": mtu}}
     with pytest.raises(ConfigError, match=r"multicast\.interfaceMTU"):
         parse_config(raw, env={})
+
+
+# ------------------------------------------------------------------ the controller link
+
+def test_no_controller_section_means_no_link() -> None:
+    assert parse_config(BASE).controller is None
+
+
+@pytest.mark.parametrize(("address", "expected"), [
+    ("https://ctl.kube-mcast.svc", "https://ctl.kube-mcast.svc:10349"),  # the default port
+    ("https://10.96.0.7:443/", "https://10.96.0.7:443"),
+    ("http://127.0.0.1:9000", "http://127.0.0.1:9000"),  # labs and tests
+    ("https://[fd00::7]", "https://[fd00::7]:10349"),
+])
+def test_controller_address(address: str, expected: str) -> None:
+    cfg = parse_config({**BASE, "controller": {"address": address, "tokenFile": "/tok"}})
+    assert cfg.controller == ControllerLinkConfig(expected, "/tok", "")
+
+
+@pytest.mark.parametrize(("controller", "message"), [
+    ({"tokenFile": "/t"}, r"^controller\.address: required"),
+    ({"address": "ctl:10349", "tokenFile": "/t"}, r"^controller\.address: 'ctl:10349' is not"),
+    ({"address": "wss://ctl", "tokenFile": "/t"}, r"^controller\.address: 'wss://ctl' is not"),
+    ({"address": "https://ctl/v1/stream", "tokenFile": "/t"}, r"^controller\.address: .* not"),
+    ({"address": "https://ctl:99999", "tokenFile": "/t"}, r"^controller\.address: .*range"),
+    ({"address": "https://ctl"}, r"^controller\.tokenFile: required"),
+    ({"address": "http://ctl", "tokenFile": "/t", "caFile": "/ca"},
+     r"^controller\.caFile: given but controller\.address is not https"),
+    ({"address": "https://ctl", "tokenFile": "/t", "token": "x"},
+     r"^controller\.token: unknown key \(known: address, caFile, tokenFile\)"),
+    ({"address": 10349, "tokenFile": "/t"}, r"^controller\.address: expected str, got int"),
+])
+def test_controller_errors_name_the_key(controller: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        parse_config({**BASE, "controller": controller})
