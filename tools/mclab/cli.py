@@ -4,6 +4,9 @@
              [--query-interval 10s] [--agent-config FILE]
     mclab pod create NAME --node NODE [-n NAMESPACE] [--labels k=v,...]
     mclab pod delete NAME [-n NAMESPACE]
+    mclab pod label NAME [-n NAMESPACE] k=v|k- ...
+    mclab kubeconfig                      # path of a kubeconfig for the lab's API (kubectl)
+    mclab controller stop|start|restart
     mclab external create NAME | mclab external delete NAME
     mclab exec NAME [-n NAMESPACE] -- CMD [ARGS...]
     mclab agent restart NODE
@@ -25,6 +28,7 @@ from pyroute2 import netns as pr_netns
 from agent.api.client import AgentClient
 from agent.api.types import ApiError
 from agent.config import ConfigError, parse_duration
+from tools.mclab import control
 from tools.mclab import lab as L
 from tools.mclab import state as st
 from tools.mclab.ovsnode import OvsError, is_alive
@@ -38,6 +42,17 @@ def _labels(raw: str) -> dict[str, str]:
             raise argparse.ArgumentTypeError(f"label {part!r} is not key=value")
         out[k] = v
     return out
+
+
+def _label_changes(raw: list[str]) -> tuple[dict[str, str], list[str]]:
+    sets: dict[str, str] = {}
+    drops: list[str] = []
+    for item in raw:
+        if item.endswith("-") and "=" not in item:
+            drops.append(item[:-1])
+        else:
+            sets.update(_labels(item))
+    return sets, drops
 
 
 def _mode(raw: str) -> str:
@@ -67,6 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="how pods get their multicast interface: our plugin chained after the "
                          "primary CNI (mc0), or as a Multus secondary network (net1)")
     up.add_argument("--query-interval", type=_interval, default="125s")
+    up.add_argument("--no-control-plane", action="store_true",
+                    help="no API server and controller (the lab tells agents the node set)")
     up.add_argument("--agent-config", metavar="FILE",
                     help="YAML merged into every node's agent config (e.g. multicast.limits)")
 
@@ -80,6 +97,14 @@ def build_parser() -> argparse.ArgumentParser:
     pd = pod_sub.add_parser("delete")
     pd.add_argument("name")
     pd.add_argument("-n", "--namespace", default="default")
+    pl = pod_sub.add_parser("label", help="set (k=v) or remove (k-) labels, as kubectl label")
+    pl.add_argument("name")
+    pl.add_argument("labels", nargs="+")
+    pl.add_argument("-n", "--namespace", default="default")
+
+    sub.add_parser("kubeconfig", help="print the path of a kubeconfig for the lab's API")
+    ctl = sub.add_parser("controller", help="stop, start or restart the lab's controller")
+    ctl.add_argument("action", choices=("stop", "start", "restart"))
 
     ext = sub.add_parser("external", help="hosts on the underlay, outside the cluster")
     ext_sub = ext.add_subparsers(dest="ext_cmd", required=True)
@@ -107,6 +132,8 @@ def _status() -> int:
         print("no lab is up")
         return 0
     print(f"mode: {lab.mode}   attach: {lab.attach}   query interval: {lab.query_interval}")
+    for line in control.status_lines(lab):
+        print(line)
     print(f"{'NODE':<8} {'IP':<16} {'AGENT':<8} {'HEALTH'}")
     for n in lab.nodes:
         alive = bool(n.agent_pid) and is_alive(n.agent_pid)
@@ -174,7 +201,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.cmd == "up":
             extra = L.load_agent_config(args.agent_config) if args.agent_config else None
-            lab = L.up(args.nodes, args.mode, args.query_interval, extra, args.attach)
+            lab = L.up(args.nodes, args.mode, args.query_interval, extra, args.attach,
+                       control_plane=not args.no_control_plane)
             print(f"lab up: {len(lab.nodes)} node(s), mode {lab.mode}, attach {lab.attach}")
         elif args.cmd == "down":
             L.down()
@@ -184,15 +212,22 @@ def main(argv: list[str] | None = None) -> int:
             return _status()
         elif args.cmd == "pod" and args.pod_cmd == "create":
             print(L.pod_create(args.name, args.node, args.namespace, args.labels).ip)
+        elif args.cmd == "pod" and args.pod_cmd == "label":
+            sets, drops = _label_changes(args.labels)
+            L.pod_label(args.name, args.namespace, sets, drops)
         elif args.cmd == "pod":
             L.pod_delete(args.name, args.namespace)
+        elif args.cmd == "kubeconfig":
+            print(L.kubeconfig())
+        elif args.cmd == "controller":
+            L.controller(args.action)
         elif args.cmd == "external" and args.ext_cmd == "create":
             print(L.external_create(args.name).ip)
         elif args.cmd == "external":
             L.external_delete(args.name)
         elif args.cmd == "exec":
             return _exec(args.name, args.namespace, args.command)
-    except (L.LabError, OvsError, KeyError, ApiError) as e:
+    except (L.LabError, OvsError, KeyError, ApiError, control.ControlPlaneError) as e:
         print(f"mclab: {e.args[0] if isinstance(e, KeyError) else e}", file=sys.stderr)
         return 1
     return 0

@@ -24,7 +24,7 @@ from agent.api.client import AgentClient
 from agent.api.types import ApiError
 from agent.cni.podnet import set_tx_checksum
 from agent.config import ConfigError, parse_config
-from tools.mclab import cni, netns
+from tools.mclab import cni, control, netns
 from tools.mclab import state as st
 from tools.mclab.ovsnode import OvsNode, pids_naming, require_ovs, terminate
 from wire.nodes import NodeInfo
@@ -102,6 +102,8 @@ def _agent_config(lab: st.LabState, node: st.NodeState, ovs: OvsNode) -> Path:
         "apiSocket": node.api_socket,
         "metricsPort": 9464,
     }
+    if lab.control_plane:
+        cfg["controller"] = control.agent_settings(node)
     path = Path(node.rundir) / "agent.yaml"
     path.write_text(yaml.safe_dump(merged(cfg, lab.agent_config), sort_keys=False))
     return path
@@ -187,7 +189,10 @@ def _ovs(node: st.NodeState) -> OvsNode:
 
 
 def announce_nodes(lab: st.LabState) -> None:
-    """Tell every agent the node set (the controller's job in a cluster)."""
+    """Tell every agent the node set: the controller does, from the Node objects, when the
+    lab has a control plane; without one, the lab does it through the agents' debug hook."""
+    if lab.control_plane:
+        return
     nodes = [NodeInfo(n.name, (n.ip,)) for n in lab.nodes]
     for n in lab.nodes:
         AgentClient(n.api_socket, timeout=10).set_nodes(nodes)
@@ -197,7 +202,8 @@ def announce_nodes(lab: st.LabState) -> None:
 
 
 def up(nodes: int, mode: str, query_interval: str,
-       agent_config: dict[str, Any] | None = None, attach: str = "chained") -> st.LabState:
+       agent_config: dict[str, Any] | None = None, attach: str = "chained",
+       control_plane: bool = True) -> st.LabState:
     require_ovs()
     if attach not in cni.ATTACH_MODES:
         raise LabError(f"--attach {attach}: one of {', '.join(cni.ATTACH_MODES)}")
@@ -215,9 +221,18 @@ def up(nodes: int, mode: str, query_interval: str,
             ipr.link("add", ifname=st.UNDERLAY_BRIDGE, kind="bridge")
             ipr.link("set", index=ipr.link_lookup(ifname=st.UNDERLAY_BRIDGE)[0], state="up")
         cni.install_plugins()
+        if control_plane:
+            netns.create(control.cp_netns())
+            _veth(st.underlay_ns(), "ul-cp", control.cp_netns(), "eth0")
+            _enslave(st.underlay_ns(), "ul-cp", st.UNDERLAY_BRIDGE)
+            _address(control.cp_netns(), "eth0", f"{control.CP_IP}/24")
+            _tx_off(control.cp_netns(), "eth0")  # TCP to the nodes crosses their netdev br-phy
+            control.start(lab, [f"node{i}" for i in range(1, nodes + 1)])
         for i in range(1, nodes + 1):
             lab.nodes.append(_make_node(lab, i))
             st.save(lab)
+            if control_plane:
+                control.write_node(lab.nodes[-1])
         cni.route_between_nodes(lab.nodes)
         announce_nodes(lab)
     except BaseException:
@@ -259,6 +274,23 @@ def down() -> None:
         shutil.rmtree(st.lab_dir(), ignore_errors=True)
 
 
+def kubeconfig() -> str:
+    lab = require_lab()
+    if not lab.control_plane:
+        raise LabError("this lab has no control plane (mclab up --no-control-plane)")
+    return str(control.kubeconfig_path())
+
+
+def controller(action: str) -> None:
+    lab = require_lab()
+    if not lab.control_plane:
+        raise LabError("this lab has no control plane (mclab up --no-control-plane)")
+    if action in ("stop", "restart"):
+        control.stop_controller(lab)
+    if action in ("start", "restart"):
+        control.start_controller(lab)
+
+
 def require_lab() -> st.LabState:
     lab = st.load()
     if lab is None:
@@ -294,7 +326,21 @@ def pod_create(name: str, node_name: str, namespace: str, labels: dict[str, str]
     pod.iface, pod.ip, pod.primary_ip, pod.results = got.iface, got.ip, got.primary_ip, got.results
     lab.pods.append(pod)
     st.save(lab)
+    if lab.control_plane:
+        control.write_pod(pod, node)
     return pod
+
+
+def pod_label(name: str, namespace: str, labels: dict[str, str], remove: list[str]) -> None:
+    """Set ``labels`` and drop the keys in ``remove`` (``kubectl label`` semantics)."""
+    lab = require_lab()
+    pod = lab.pod(name, namespace)
+    if pod is None:
+        raise LabError(f"pod {namespace}/{name} not found")
+    pod.labels = {k: v for k, v in {**pod.labels, **labels}.items() if k not in remove}
+    st.save(lab)
+    if lab.control_plane:
+        control.label_pod(pod)
 
 
 def pod_delete(name: str, namespace: str) -> None:
@@ -302,6 +348,8 @@ def pod_delete(name: str, namespace: str) -> None:
     pod = lab.pod(name, namespace)
     if pod is None:
         raise LabError(f"pod {namespace}/{name} not found")
+    if lab.control_plane:
+        control.delete_pod(pod)
     errors = cni.detach(lab.node(pod.node), _invocation(pod), lab.attach, pod.iface, pod.results)
     if errors:
         raise LabError(f"CNI DEL for {pod.ref} failed: " + "; ".join(errors))

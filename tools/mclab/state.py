@@ -84,6 +84,8 @@ class LabState:
     externals: list[ExternalState] = field(default_factory=list)
     agent_config: dict[str, Any] = field(default_factory=dict)
     """Merged into every node's agent config (``mclab up --agent-config FILE``)."""
+    control_plane: dict[str, Any] = field(default_factory=dict)
+    """The API server's and the controller's pids, the forwarder's port (empty: none)."""
 
     def node(self, name: str) -> NodeState:
         for n in self.nodes:
@@ -121,6 +123,7 @@ def load() -> LabState | None:
         pods=[PodState(**p) for p in raw["pods"]],
         externals=[ExternalState(**e) for e in raw.get("externals", [])],
         agent_config=raw.get("agent_config", {}),
+        control_plane=raw.get("control_plane", {}),
     )
 
 
