@@ -32,9 +32,9 @@ mclab exec sender -- ping -c 1 -W 2 "$ext_ip" | sed -n 2p
 echo
 out=$(mktemp -d)
 for r in recv-a recv-b recv-c outside; do
-  mclab exec "$r" -- "$PY" "$PROBE" recv $G 5000 --duration 8 --idle 2 >"$out/$r.json" &
+  mclab exec "$r" -- "$PY" "$PROBE" recv $G 5000 --duration 12 --idle 4 >"$out/$r.json" &
 done
-mclab exec idle -- "$PY" "$PROBE" recv 239.99.0.1 5000 --duration 8 --idle 2 >"$out/idle.json" &
+mclab exec idle -- "$PY" "$PROBE" recv 239.99.0.1 5000 --duration 12 --idle 4 >"$out/idle.json" &
 for i in $(seq 1 50); do   # until every node's agent has seen its receivers
   n=$(for k in 1 2 3; do mcctl --node node$k get members -o json; done | grep -c '"239.10.10.10"' || true)
   [ "$n" -ge 3 ] && break; sleep 0.2
@@ -42,6 +42,8 @@ done
 echo "== members seen by node1's agent"; mcctl --node node1 get members; echo
 echo "== sender (node1) sends $N datagrams to $G"
 mclab exec sender -- "$PY" "$PROBE" send $G 5000 --count $N --pps 20 --ttl 3
+echo; echo "== kubectl get multicastgroups (the controller's MulticastGroup objects, while joined)"
+kubectl --kubeconfig "$(mclab kubeconfig)" get multicastgroups
 wait
 echo
 printf '%-10s %s\n' RECEIVER RESULT

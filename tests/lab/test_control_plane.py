@@ -101,6 +101,10 @@ def test_multicastgroups_follow_joins_leaves_and_pod_deletion(klab: Lab) -> None
     for r in rx.values():
         r.wait_ready()
     wait_groups(klab, {g1: "default/mcjoin, prod/reader", g2: "default/mcjoin"}, "joins")
+    # mcctl shows the same cluster view, through the lab's kubeconfig
+    lines = klab.mcctl("get", "multicastgroups").stdout.splitlines()
+    assert [ln.split(None, 1) for ln in lines] == [
+        ["GROUP", "PODS"], [g2, "default/mcjoin"], [g1, "default/mcjoin, prod/reader"]], lines
     rx["a2"].stop()  # its socket closes: the kernel leaves g2
     wait_groups(klab, {g1: "default/mcjoin, prod/reader"}, "a leave")
     rx["b1"].stop()

@@ -2,6 +2,7 @@
 
     mcctl [--socket PATH | --node NODE] get podmulticaststats [POD] [-n NS] [-o json|yaml|wide]
     mcctl get members | groups | pods | flows
+    mcctl [--kubeconfig PATH] get multicastgroups [-o json|yaml]   # the cluster view, from the API
 
 Columns are contracts (DESIGN.md §5): podmulticaststats prints NAMESPACE NAME INBOUND OUTBOUND;
 pods prints NAMESPACE NAME IP PRIMARY-IP OFPORT INTERFACE.
@@ -110,6 +111,39 @@ def _flows(client: AgentClient, args: argparse.Namespace) -> str:
     return "\n".join(client.flows())
 
 
+MCG = ("multicast.kube-mcast.io", "v1alpha1", "multicastgroups")
+
+
+def _kubeconfig(args: argparse.Namespace) -> str | None:
+    """--kubeconfig, else $KUBECONFIG, else a running lab's, else the client's default."""
+    if args.kubeconfig or os.environ.get("KUBECONFIG"):
+        return str(args.kubeconfig or os.environ["KUBECONFIG"])
+    from tools.mclab import control
+    from tools.mclab import state as lab_state
+
+    lab = lab_state.load()
+    return str(control.kubeconfig_path()) if lab is not None and lab.control_plane else None
+
+
+def _multicastgroups(args: argparse.Namespace) -> str:
+    """``GROUP  PODS``: every MulticastGroup object the controller keeps."""
+    from kubernetes import client as k8s
+    from kubernetes import config as k8s_config
+    from kubernetes.client.rest import ApiException
+
+    try:
+        api = k8s.CustomObjectsApi(k8s_config.new_client_from_config(_kubeconfig(args)))
+        listed: dict[str, Any] = api.list_cluster_custom_object(*MCG)  # type: ignore[assignment]
+        items = listed["items"]
+    except (ApiException, k8s_config.ConfigException, OSError) as e:
+        raise ApiError(503, f"cannot list multicastgroups: {e}") from None
+    rows = sorted((i.get("status") or {} for i in items), key=lambda st: st.get("group", ""))
+    if args.output in ("json", "yaml"):
+        return structured(rows, args.output)
+    return table(["GROUP", "PODS"], [[r.get("group", ""), r.get("podsSummary", "")]
+                                     for r in rows])
+
+
 RESOURCES = {
     "podmulticaststats": _podstats,
     "members": _members,
@@ -124,9 +158,10 @@ def build_parser() -> argparse.ArgumentParser:
     where = p.add_mutually_exclusive_group()
     where.add_argument("--socket", help=f"agent API socket (default {DEFAULT_SOCKET})")
     where.add_argument("--node", help="a node of the local mclab lab")
+    p.add_argument("--kubeconfig", help="for multicastgroups (default $KUBECONFIG, the lab's)")
     sub = p.add_subparsers(dest="verb", required=True)
     get = sub.add_parser("get")
-    get.add_argument("resource", choices=sorted(RESOURCES))
+    get.add_argument("resource", choices=sorted([*RESOURCES, "multicastgroups"]))
     get.add_argument("name", nargs="?")
     get.add_argument("-n", "--namespace")
     get.add_argument("-o", "--output", choices=["json", "yaml", "wide"])
@@ -136,6 +171,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if args.resource == "multicastgroups":
+            print(_multicastgroups(args))
+            return 0
         client = AgentClient(_socket(args), timeout=10)
         print(RESOURCES[args.resource](client, args))
     except UsageError as e:
