@@ -270,14 +270,22 @@ class ControllerLink:
         """The full membership now, then again whenever it differs from what was sent."""
         loop = asyncio.get_running_loop()
         last: list[GroupReport] | None = None
+        # a core that versions its membership is read only when the version moves: a node
+        # with thousands of groups would otherwise rebuild them all five times a second
+        version_of = getattr(self._core, "membership_version", None)
+        seen: int | None = None
         try:
             while not ws.closed:
-                members = await loop.run_in_executor(None, self._core.members)
-                groups = membership_report(members)
-                if groups != last:
-                    await ws.send_str(members_message(groups))
-                    last = groups
-                    self.reports_sent += 1
+                version = None if version_of is None else await loop.run_in_executor(
+                    None, version_of)
+                if version is None or version != seen:
+                    members = await loop.run_in_executor(None, self._core.members)
+                    seen = version
+                    groups = membership_report(members)
+                    if groups != last:
+                        await ws.send_str(members_message(groups))
+                        last = groups
+                        self.reports_sent += 1
                 await asyncio.sleep(self._poll_s)
         except ConnectionError as e:  # the stream broke under us: the receiver sees it too
             log.debug("controller link: report not sent: %s", e)

@@ -108,6 +108,7 @@ class MulticastCore:
         self._querier = Querier.from_timers(timers, cfg.query_versions, start_s=clock())
         self.limits = cfg.limits
         self._pending: set[str] = set()  # groups whose members changed, not yet rebuilt
+        self._membership_version = 0  # moves with every settled change (see membership_version)
         self._refusal_log: dict[Cap, tuple[float, int]] = {}  # cap -> (last logged, since)
         self._next_refresh = clock()
         self.oversize_log = OversizeLog(self._pod_ref_at, clock)  # Feature.OVERSIZE packet-ins
@@ -169,6 +170,7 @@ class MulticastCore:
             if pod is None:
                 return
             changed = self._remove_pod(container_id)
+            self._membership_version += 1
             self._set_query_group()
             self.groups.sync(changed)
             self._rec.flush()
@@ -294,6 +296,7 @@ class MulticastCore:
             if self._pending:
                 batch = sorted(self._pending)[:SETTLE_GROUPS]
                 self._pending.difference_update(batch)
+                self._membership_version += 1
                 self.groups.sync(batch)
                 self.announcer.announce_changes(batch)
             self._flush_unless_disconnected()
@@ -390,6 +393,11 @@ class MulticastCore:
             log.debug("switch disconnected: flush deferred to the reconnect")
 
     # ------------------------------------------------------------------ reads
+
+    def membership_version(self) -> int:
+        """Moves whenever ``members()`` may have changed: readers poll this, not the members."""
+        with self._lock:
+            return self._membership_version
 
     def members(self) -> list[GroupMembers]:
         with self._lock:
