@@ -7,7 +7,8 @@ silently a default.
 
     featureGates: {Multicast: true}
     kubeconfig: ""                  # empty: in-cluster (the pod's service account)
-    stream: {address: 0.0.0.0, port: 10349, certFile: /etc/.../tls.crt, keyFile: ...}
+    stream: {address: 0.0.0.0, port: 10349, certFile: /etc/.../tls.crt, keyFile: ...,
+             agentServiceAccount: kube-mcast/kube-mcast-agent}
     leaderElection: {enable: true, leaseName: kube-mcast-controller,
                      leaseNamespace: kube-mcast, leaseDuration: 15s, renewDeadline: 10s,
                      retryPeriod: 2s}
@@ -15,6 +16,9 @@ silently a default.
     metricsPort: 0                  # 0: no Prometheus endpoint
 
 Without ``certFile``/``keyFile`` the agent stream is plain HTTP (the lab only).
+``stream.agentServiceAccount`` (``NAMESPACE/NAME``; empty: none) is the agents' service account:
+besides ``system:node:NAME`` users, a token of that account may open node NAME's stream when
+its TokenReview names the node it was issued to (``controller.stream``).
 May import: PyYAML and the standard library.
 """
 
@@ -43,12 +47,13 @@ FEATURE_GATES: dict[str, bool] = {"Multicast": True}
 KEYS: dict[str, tuple[str, ...]] = {
     "": ("featureGates", "kubeconfig", "stream", "leaderElection", "identity", "metricsPort"),
     "featureGates": tuple(FEATURE_GATES),
-    "stream": ("address", "port", "certFile", "keyFile"),
+    "stream": ("address", "port", "certFile", "keyFile", "agentServiceAccount"),
     "leaderElection": ("enable", "leaseName", "leaseNamespace", "leaseDuration",
                        "renewDeadline", "retryPeriod"),
 }
 
 DEFAULT_STREAM_PORT = 10349
+DEFAULT_AGENT_SERVICE_ACCOUNT = "kube-mcast/kube-mcast-agent"
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h)$")
 _UNIT = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 # a DNS-1123 subdomain: what Kubernetes accepts as a Lease's name and a namespace (label)
@@ -66,6 +71,8 @@ class ControllerConfig:
     stream_port: int = DEFAULT_STREAM_PORT
     cert_file: str | None = None
     key_file: str | None = None
+    # NAMESPACE/NAME of the agents' service account ("": only system:node:NAME users)
+    agent_service_account: str = DEFAULT_AGENT_SERVICE_ACCOUNT
     leader_election: bool = True
     lease_name: str = "kube-mcast-controller"
     lease_namespace: str = "kube-mcast"
@@ -146,9 +153,16 @@ def _stream(raw: dict[str, Any]) -> dict[str, Any]:
     address = _get(s, "stream", "address", str, "0.0.0.0")
     if not address:
         raise ConfigError("stream.address: must not be empty")
+    account = _get(s, "stream", "agentServiceAccount", str, DEFAULT_AGENT_SERVICE_ACCOUNT)
+    if account:
+        namespace, slash, name = account.partition("/")
+        if (not slash or not _LABEL.match(namespace) or len(namespace) > 63
+                or not _SUBDOMAIN.match(name) or len(name) > 253):
+            raise ConfigError(f"stream.agentServiceAccount: {account!r} is not NAMESPACE/NAME "
+                              "of a service account (or empty: none)")
     return {"stream_address": address,
             "stream_port": _port(s, "stream", "port", DEFAULT_STREAM_PORT),
-            "cert_file": cert, "key_file": key}
+            "cert_file": cert, "key_file": key, "agent_service_account": account}
 
 
 def _leader_election(raw: dict[str, Any]) -> dict[str, Any]:

@@ -2,9 +2,19 @@
 
 Owns the server side of the protocol ``wire.stream`` describes: authentication (a bearer token
 checked with a ``TokenReview`` against the API server, successful reviews cached for a minute,
-keyed by the token's SHA-256), authorization (a ``system:node:NAME`` user may open NAME's stream
-and no other), the node set sent first and after every change of ``Hub.nodes()``, agents'
-membership reports handed to ``Hub.report``, and the stream metrics.
+keyed by the token's SHA-256), authorization (``node_of``: who may open which node's stream),
+the node set sent first and after every change of ``Hub.nodes()``, agents' membership reports
+handed to ``Hub.report``, and the stream metrics.
+
+Authorization: a token may open node NAME's stream, and no other, when its review says either
+- user ``system:node:NAME`` (the lab's per-node tokens; a kubelet's credentials), or
+- user ``system:serviceaccount:NS:SA``, the agents' service account
+  (``stream.agentServiceAccount: NS/SA``), with
+  ``user.extra["authentication.kubernetes.io/node-name"] == [NAME]``: a projected token bound
+  to an agent pod on NAME (Kubernetes >= 1.30 writes the pod's node into the tokens it binds to
+  a pod, and TokenReview returns it).
+Anything else (another user; the agents' account without exactly one node name, e.g. a token
+not bound to a pod, or an older cluster) is 403.
 
 Threads: the server runs on an event loop of its own (``start`` returns once it listens); the
 Hub's node listener only hands the news to that loop (``call_soon_threadsafe``); TokenReviews,
@@ -25,7 +35,7 @@ import logging
 import ssl
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -53,6 +63,7 @@ from wire.stream import (
 
 log = logging.getLogger(__name__)
 
+NODE_NAME_EXTRA = "authentication.kubernetes.io/node-name"  # a pod-bound SA token's node
 REVIEW_CACHE_S = 60.0
 REVIEW_TIMEOUT_S = 10.0
 REVIEW_WORKERS = 4
@@ -85,13 +96,46 @@ class StreamSettings(Protocol):
     @property
     def key_file(self) -> str | None: ...
 
+    @property
+    def agent_service_account(self) -> str: ...
+
 
 class ReviewUnavailable(RuntimeError):
     """The API server could not review a token (unreachable, or refused the controller)."""
 
 
+@dataclass(frozen=True)
+class Reviewed:
+    """Who a token is, as its ``TokenReview`` said."""
+
+    username: str
+    node_names: tuple[str, ...] = ()  # user.extra[NODE_NAME_EXTRA]: where a pod-bound token is
+
+
+def service_account_user(account: str) -> str | None:
+    """``NS/NAME`` → ``system:serviceaccount:NS:NAME`` (the username of its tokens); "" → None."""
+    namespace, _, name = account.partition("/")
+    return f"system:serviceaccount:{namespace}:{name}" if namespace and name else None
+
+
+def node_of(who: Reviewed, agent_user: str | None) -> str | None:
+    """The node whose stream ``who`` may open (see the module docstring), or None.
+    ``agent_user``: the agents' service account's username (None: no such account)."""
+    node = node_of_user(who.username)
+    if node is not None:
+        return node
+    if agent_user is not None and who.username == agent_user and len(who.node_names) == 1:
+        return who.node_names[0] or None
+    return None
+
+
+def _node_names(extra: Mapping[str, Sequence[str]] | None) -> tuple[str, ...]:
+    values = (extra or {}).get(NODE_NAME_EXTRA) or ()
+    return tuple(str(v) for v in values) if isinstance(values, list | tuple) else ()
+
+
 class TokenReviewer:
-    """Bearer token → username through ``TokenReview``; successful reviews are cached."""
+    """Bearer token → ``Reviewed`` through ``TokenReview``; successful reviews are cached."""
 
     def __init__(self, api: k8s.ApiClient, ttl_s: float = REVIEW_CACHE_S,
                  clock: Callable[[], float] = time.monotonic) -> None:
@@ -99,11 +143,11 @@ class TokenReviewer:
         self._ttl_s = ttl_s
         self._clock = clock
         self._lock = threading.Lock()
-        self._cache: dict[str, tuple[str, float]] = {}  # sha256(token) -> (user, expiry)
+        self._cache: dict[str, tuple[Reviewed, float]] = {}  # sha256(token) -> (who, expiry)
         self.reviews = 0  # TokenReviews sent (the cache's misses)
 
-    def user(self, token: str) -> str | None:
-        """The authenticated username, or None; blocks while the API server answers."""
+    def review(self, token: str) -> Reviewed | None:
+        """Who the token authenticates, or None; blocks while the API server answers."""
         key = hashlib.sha256(token.encode()).hexdigest()
         now = self._clock()
         with self._lock:
@@ -123,10 +167,11 @@ class TokenReviewer:
         username = status.user.username
         if not username:
             return None
+        who = Reviewed(str(username), _node_names(status.user.extra))
         with self._lock:
             self._cache = {k: v for k, v in self._cache.items() if v[1] > now}
-            self._cache[key] = (username, now + self._ttl_s)
-        return str(username)
+            self._cache[key] = (who, now + self._ttl_s)
+        return who
 
 
 @dataclass(eq=False)
@@ -151,6 +196,7 @@ class StreamServer:
         self._cfg = cfg
         self._hub = hub
         self.reviewer = TokenReviewer(api, review_ttl_s)
+        self._agent_user = service_account_user(cfg.agent_service_account)
         self._heartbeat_s = heartbeat_s
         self._clients: dict[str, _Client] = {}  # node -> its current stream (loop thread only)
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -252,19 +298,27 @@ class StreamServer:
             return _refuse(401, "a bearer token is required")
         loop = asyncio.get_running_loop()
         try:
-            user = await loop.run_in_executor(self._pool, self.reviewer.user, token.strip())
+            who = await loop.run_in_executor(self._pool, self.reviewer.review, token.strip())
         except ReviewUnavailable as e:
             log.warning("agent stream: %s", e)
             return _refuse(503, "the token cannot be reviewed now; retry")
-        if user is None:
+        if who is None:
             STREAM_AUTH_FAILURES.labels("unauthenticated").inc()
             return _refuse(401, "the token is not valid")
         node = request.query.get(NODE_PARAM, "")
         if not node:
             return _refuse(400, f"query parameter {NODE_PARAM!r} is required")
-        if node_of_user(user) != node:
+        if node_of(who, self._agent_user) != node:
             STREAM_AUTH_FAILURES.labels("forbidden").inc()
-            log.warning("agent stream: user %s may not open the stream of node %s", user, node)
+            user = who.username
+            if user == self._agent_user and len(who.node_names) != 1:
+                log.warning("agent stream: a token of %s for node %s names %s: a projected "
+                            "token bound to the agent's pod is needed (Kubernetes >= 1.30)",
+                            user, node, f"nodes {list(who.node_names)}" if who.node_names
+                            else "no node")
+            else:
+                log.warning("agent stream: user %s may not open the stream of node %s", user,
+                            node)
             return _refuse(403, f"user {user!r} may not open the stream of node {node!r}")
         return node
 

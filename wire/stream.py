@@ -5,10 +5,11 @@ One long-lived WebSocket per agent, opened by the agent::
     GET {address}/v1/stream?node=NODE        (wss; ws only in labs and tests)
     Authorization: Bearer TOKEN
 
-The controller checks the token with a ``TokenReview``; the user must be ``system:node:NODE``
-for the very node named in the query (bad or unknown token: 401; another node's stream, or not
-a node at all: 403; no ``node``: 400; the API server unreachable: 503). Then, in JSON text
-frames:
+The controller checks the token with a ``TokenReview``; the user must be ``system:node:NODE``,
+or the agents' service account with the review's node-name extra ``[NODE]`` (a token bound to
+the agent's pod; ``controller.stream``), for the very node named in the query (bad or unknown
+token: 401; another node's stream, or not that node at all: 403; no ``node``: 400; the API
+server unreachable: 503). Then, in JSON text frames:
 
 - controller → agent ``{"type": "nodes", "version": N, "nodes": [{"name", "ips"}]}``: the full
   node set (``wire.nodes``), first as soon as the controller knows one, then after each change.

@@ -17,6 +17,7 @@ def test_defaults() -> None:
     assert (cfg.stream_address, cfg.stream_port, cfg.cert_file, cfg.key_file) == (
         "0.0.0.0", 10349, None, None)
     assert not cfg.tls and cfg.metrics_port == 0
+    assert cfg.agent_service_account == "kube-mcast/kube-mcast-agent"
     assert (cfg.lease_name, cfg.lease_namespace) == ("kube-mcast-controller", "kube-mcast")
     assert (cfg.lease_duration_s, cfg.renew_deadline_s, cfg.retry_period_s) == (15, 10, 2)
     assert cfg.lease_duration_seconds == 15
@@ -32,14 +33,15 @@ def test_every_key() -> None:
         "featureGates": {"Multicast": False},
         "kubeconfig": "/etc/kube-mcast/kubeconfig",
         "stream": {"address": "10.0.0.5", "port": 0, "certFile": "/tls/tls.crt",
-                   "keyFile": "/tls/tls.key"},
+                   "keyFile": "/tls/tls.key", "agentServiceAccount": "sys/mc-agent"},
         "leaderElection": {"enable": False, "leaseName": "mc.lease", "leaseNamespace": "sys",
                            "leaseDuration": "2500ms", "renewDeadline": 2, "retryPeriod": "0.5s"},
         "identity": "me", "metricsPort": 10351}, env={})
     assert cfg == ControllerConfig(
         identity="me", multicast_enabled=False, kubeconfig="/etc/kube-mcast/kubeconfig",
         stream_address="10.0.0.5", stream_port=0, cert_file="/tls/tls.crt",
-        key_file="/tls/tls.key", leader_election=False, lease_name="mc.lease",
+        key_file="/tls/tls.key", agent_service_account="sys/mc-agent", leader_election=False,
+        lease_name="mc.lease",
         lease_namespace="sys", lease_duration_s=2.5, renew_deadline_s=2.0, retry_period_s=0.5,
         metrics_port=10351)
     assert cfg.tls and cfg.lease_duration_seconds == 3
@@ -48,7 +50,16 @@ def test_every_key() -> None:
 @pytest.mark.parametrize(("raw", "message"), [
     ({"kubeConfig": ""}, "kubeConfig: unknown key (known: featureGates, identity, kubeconfig"),
     ({"featureGates": {"Policy": True}}, "featureGates.Policy: unknown feature gate"),
-    ({"stream": {"tls": True}}, "stream.tls: unknown key (known: address, certFile, keyFile"),
+    ({"stream": {"tls": True}}, "stream.tls: unknown key (known: address, agentServiceAccount, "
+                                "certFile, keyFile, port)"),
+    ({"stream": {"agentServiceAccount": "kube-mcast-agent"}},
+     "stream.agentServiceAccount: 'kube-mcast-agent' is not NAMESPACE/NAME"),
+    ({"stream": {"agentServiceAccount": "kube-mcast/"}},
+     "stream.agentServiceAccount: 'kube-mcast/' is not NAMESPACE/NAME"),
+    ({"stream": {"agentServiceAccount": "a.b/agent"}}, "stream.agentServiceAccount: 'a.b/agent'"),
+    ({"stream": {"agentServiceAccount": "ns/Agent_1"}}, "stream.agentServiceAccount: 'ns/Agent_1'"),
+    ({"stream": {"agentServiceAccount": ["ns", "sa"]}},
+     "stream.agentServiceAccount: expected str, got list"),
     ({"leaderElection": {"leaseDuraton": "15s"}}, "leaderElection.leaseDuraton: unknown key"),
     ({"stream": {"certFile": "/a.crt"}}, "stream.certFile, stream.keyFile: give both"),
     ({"stream": {"port": 70000}}, "stream.port: 70000 is not a port"),
@@ -72,6 +83,13 @@ def test_errors_name_the_key(raw: object, message: str) -> None:
     with pytest.raises(ConfigError) as error:
         parse_config(raw, env={})
     assert message in str(error.value)
+
+
+def test_the_agents_service_account_may_be_turned_off() -> None:
+    assert parse_config({"stream": {"agentServiceAccount": ""}}, env={}).agent_service_account \
+        == ""
+    assert parse_config({"stream": {"agentServiceAccount": None}}, env={}
+                        ).agent_service_account == "kube-mcast/kube-mcast-agent"
 
 
 def test_load_config_names_the_file(tmp_path: Path) -> None:

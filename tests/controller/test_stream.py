@@ -31,7 +31,7 @@ from agent.controllerlink import ControllerLink
 from agent.multicast.core import GroupMembers, SourceFilterView
 from controller.config import ControllerConfig
 from controller.hub import Hub
-from controller.stream import StreamServer
+from controller.stream import Reviewed, StreamServer, node_of, service_account_user
 from tools.kubeapi.server import ApiServerProcess, kubeconfig, spawn
 from wire.members import GroupReport, MemberPod
 from wire.nodes import NodeInfo
@@ -40,6 +40,14 @@ pytestmark = pytest.mark.timeout(60)
 
 TOKENS = {"system:node:node1": "node1-token", "system:node:node2": "node2-token",
           "kube-mcast-controller": "controller-token"}
+AGENT_SA = "system:serviceaccount:kube-mcast:kube-mcast-agent"  # the config's default
+# service-account tokens as TokenReview answers for them (tools.kubeapi: NAME=TOKEN;node=NODE):
+# the agents' account bound to an agent pod on node1, on node2, not bound to a pod (no node),
+# and another account's token bound to a pod on node1
+BOUND_TOKENS = [f"{AGENT_SA}=agent-node1-token;node=node1",
+                f"{AGENT_SA}=agent-node2-token;node=node2",
+                f"{AGENT_SA}=agent-unbound-token",
+                "system:serviceaccount:default:web=web-node1-token;node=node1"]
 N1, N2, N3 = (NodeInfo("node1", ("192.168.77.1",)), NodeInfo("node2", ("192.168.77.2",)),
               NodeInfo("node3", ("192.168.77.3",)))
 
@@ -88,9 +96,9 @@ class Env:
     servers: list[StreamServer] = field(default_factory=list)
     links: list[ControllerLink] = field(default_factory=list)
 
-    def server(self, hub: Hub, port: int = 0) -> StreamServer:
+    def server(self, hub: Hub, port: int = 0, **settings: Any) -> StreamServer:
         cfg = ControllerConfig(identity="test", stream_address="127.0.0.1", stream_port=port,
-                               cert_file=str(self.cert), key_file=str(self.key))
+                               cert_file=str(self.cert), key_file=str(self.key), **settings)
         server = StreamServer(cfg, hub, self.k8s, heartbeat_s=2.0)
         server.start()
         self.servers.append(server)
@@ -134,7 +142,7 @@ def env_base(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
                     "ec_paramgen_curve:prime256v1", "-nodes", "-days", "1", "-subj",
                     "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1", "-keyout",
                     str(key), "-out", str(cert)], check=True, capture_output=True)
-    api = spawn(work / "kubeapi", tokens=TOKENS, anonymous=False)
+    api = spawn(work / "kubeapi", tokens=TOKENS, token_lines=BOUND_TOKENS, anonymous=False)
     try:
         path = kubeconfig(api.url, "controller-token", work / "controller.kubeconfig")
         yield Env(api, work, cert, key, k8s_config.new_client_from_config(config_file=str(path)))
@@ -217,6 +225,40 @@ def test_membership_lands_in_the_hub_on_connect_and_on_every_change(env: Env) ->
     wait_for(lambda: "node1" not in hub.memberships()[1])
 
 
+@dataclass
+class VersionedCore(StandInCore):
+    """A core that versions its membership, as MulticastCore does: members() is read only
+    when the version moves."""
+
+    version: int = 0
+    reads: int = 0
+
+    def membership_version(self) -> int:
+        with self.lock:
+            return self.version
+
+    def members(self) -> list[GroupMembers]:
+        with self.lock:
+            self.reads += 1
+            return list(self.groups)
+
+
+def test_a_versioned_core_is_read_only_when_its_version_moves(env: Env) -> None:
+    hub = Hub()
+    hub.set_nodes([N1, N2])
+    server = env.server(hub)
+    core = VersionedCore([GroupMembers("239.1.1.1", ("default/a",), ())])
+    env.link(server, "node1", core)
+    wait_for(lambda: hub.memberships()[1])
+    time.sleep(0.6)  # three polls, the version unchanged
+    assert core.reads == 1
+    with core.lock:
+        core.groups = [GroupMembers("239.2.2.2", ("default/a",), ())]
+        core.version += 1
+    wait_for(lambda: [g.group for g in hub.memberships()[1]["node1"]] == ["239.2.2.2"])
+    assert core.reads == 2
+
+
 def test_nothing_is_sent_before_the_hub_has_a_node_set(env: Env) -> None:
     hub = Hub()  # the Node watcher has not listed yet
     server = env.server(hub)
@@ -264,6 +306,52 @@ def test_a_node_cannot_open_another_nodes_stream(env: Env) -> None:
     assert core.applied == [] and not hub.memberships()[1]
     assert metric("kube_mcast_controller_stream_auth_failures_total",
                   reason="forbidden") >= forbidden + 3
+
+
+def test_an_agent_pods_service_account_token_opens_its_nodes_stream_only(env: Env) -> None:
+    """A real cluster's agent: a projected token of the agents' service account, whose review
+    names the node of the pod it is bound to (Kubernetes >= 1.30)."""
+    hub = Hub()
+    hub.set_nodes([N1, N2])
+    server = env.server(hub)
+    assert env.status(server, "agent-node1-token", "node1") == 400  # past auth: not a WebSocket
+    assert env.status(server, "agent-node2-token", "node2") == 400
+    assert env.status(server, "agent-node1-token", "node2") == 403  # another node's
+    assert env.status(server, "agent-unbound-token", "node1") == 403  # names no node
+    assert env.status(server, "web-node1-token", "node1") == 403  # not the agents' account
+    core = StandInCore([GroupMembers("239.1.1.1", ("default/a",), ())])
+    link = env.link(server, "node1", core, token="agent-node1-token")
+    wait_for(lambda: core.applied == [[N1, N2]])
+    wait_for(lambda: list(hub.memberships()[1]) == ["node1"])
+    refused = env.link(server, "node2", StandInCore(), token="agent-node1-token")
+    wait_for(lambda: "HTTP 403" in refused.last_error)
+    assert link.connected and list(hub.memberships()[1]) == ["node1"]
+
+
+def test_the_agents_service_account_is_configurable_and_can_be_turned_off(env: Env) -> None:
+    hub = Hub()
+    hub.set_nodes([N1])
+    off = env.server(hub, agent_service_account="")
+    assert env.status(off, "agent-node1-token", "node1") == 403
+    assert env.status(off, "node1-token", "node1") == 400  # node users still may
+    other = env.server(hub, agent_service_account="default/web")
+    assert env.status(other, "web-node1-token", "node1") == 400
+    assert env.status(other, "agent-node1-token", "node1") == 403
+
+
+def test_node_of() -> None:
+    agent = service_account_user("kube-mcast/kube-mcast-agent")
+    assert agent == AGENT_SA and service_account_user("") is None
+    assert node_of(Reviewed("system:node:n1"), agent) == "n1"
+    assert node_of(Reviewed("system:node:n1", ("n2",)), agent) == "n1"  # a node is itself
+    assert node_of(Reviewed(AGENT_SA, ("n1",)), agent) == "n1"
+    assert node_of(Reviewed(AGENT_SA, ("n1",)), None) is None
+    assert node_of(Reviewed(AGENT_SA), agent) is None
+    assert node_of(Reviewed(AGENT_SA, ("n1", "n2")), agent) is None
+    assert node_of(Reviewed(AGENT_SA, ("",)), agent) is None
+    assert node_of(Reviewed("system:serviceaccount:kube-mcast:other", ("n1",)), agent) is None
+    assert node_of(Reviewed("admin", ("n1",)), agent) is None
+    assert node_of(Reviewed("system:node:"), agent) is None
 
 
 def test_successful_token_reviews_are_cached(env: Env) -> None:

@@ -30,7 +30,8 @@ import yaml
 from kubernetes import client, config, watch
 from kubernetes.client.rest import ApiException
 
-from tools.kubeapi.server import ApiServerProcess, kubeconfig, spawn
+from tools.kubeapi.emulator import LabUser
+from tools.kubeapi.server import ApiServerProcess, kubeconfig, parse_tokens, spawn
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -38,6 +39,10 @@ REPO = Path(__file__).resolve().parents[2]
 CRD_FILE = REPO / "manifests" / "multicastgroup-crd.yaml"
 GROUP, VERSION, PLURAL = "multicast.kube-mcast.io", "v1alpha1", "multicastgroups"
 TOKENS = {"admin": "admin-token", "system:node:node1": "node1-token"}
+AGENT_SA = "system:serviceaccount:kube-mcast:kube-mcast-agent"
+# service-account tokens bound to a pod on a node (what a projected token is from 1.30 on)
+BOUND_TOKENS = [f"{AGENT_SA}=agent-node1-token;node=node1",
+                f"{AGENT_SA}=agent-node2-token;node=node2"]
 
 
 def _kubectl_binary() -> str:
@@ -103,7 +108,7 @@ class Api:
 @pytest.fixture(scope="module")
 def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
     work = tmp_path_factory.mktemp("kubeapi")
-    server = spawn(work, tokens=TOKENS)
+    server = spawn(work, tokens=TOKENS, token_lines=BOUND_TOKENS)
     try:
         yield Api(server, work)
     finally:
@@ -390,7 +395,25 @@ def test_client_token_review(api: Api) -> None:
     assert node.authenticated and node.user.username == "system:node:node1"
     assert "system:nodes" in node.user.groups
     assert review("admin-token").user.username == "admin"
+    assert not review("admin-token").user.extra
     assert not review("forged-token").authenticated
+    # a service account's token bound to a pod: its node in extra, as Kubernetes >= 1.30
+    for n in ("node1", "node2"):
+        bound = review(f"agent-{n}-token")
+        assert bound.authenticated and bound.user.username == AGENT_SA
+        assert bound.user.extra == {"authentication.kubernetes.io/node-name": [n]}
+        assert bound.user.groups == ["system:serviceaccounts",
+                                     "system:serviceaccounts:kube-mcast", "system:authenticated"]
+
+
+def test_bound_tokens_authenticate_requests_and_their_syntax_is_checked(api: Api) -> None:
+    v1 = client.CoreV1Api(api.client("agent-node2-token"))
+    assert "default" in [n.metadata.name for n in v1.list_namespace().items]
+    assert parse_tokens(["a=t1", "sa=t2;node=n1", " sa = t3 ; node = n2 "]) == {
+        "t1": LabUser("a"), "t2": LabUser("sa", "n1"), "t3": LabUser("sa", "n2")}
+    for bad in ("a=t;nod=n1", "a=t;node=", "a=t;node", "=t;node=n", "a=;node=n"):
+        with pytest.raises(ValueError, match="NAME=TOKEN"):
+            parse_tokens([bad])
 
 
 def test_client_with_a_wrong_token_is_401(api: Api) -> None:

@@ -7,6 +7,11 @@ product (agent, pipeline, wire, controller) never imports it (an import-linter c
     tools.kubeapi.server.kubeconfig(url, token, path)    # for kubectl and the Python client
     tools.kubeapi.server.spawn(workdir, tokens=...)      # a server subprocess, once ready
 
+Tokens: `NAME=TOKEN` (TokenReview: user NAME), or `NAME=TOKEN;node=NODE` for a service
+account's token bound to a pod on NODE (TokenReview adds
+`user.extra["authentication.kubernetes.io/node-name"] = [NODE]`, as Kubernetes >= 1.30 does;
+the other extras of a real pod-bound token, pod name and uid, credential id, are left out).
+
 Modules: `emulator` (kmock's emulator subclassed: HTTP, auth, TokenReview), `store` (objects
 and every change: resourceVersions, status subresource, finalizers, CRDs), `objects`
 (selectors, patches, errors), `tables` (kubectl's columns), `watchlog` (the replay log and

@@ -19,6 +19,7 @@ import copy
 import json
 import logging
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any, cast
 
 import kmock
@@ -33,6 +34,8 @@ from tools.kubeapi.watchlog import Event, WatchLog, seen_as, stream
 
 log = logging.getLogger(__name__)
 
+# what Kubernetes >= 1.30 puts in the TokenReview of a service-account token bound to a pod
+NODE_NAME_EXTRA = "authentication.kubernetes.io/node-name"
 PUBLIC_PATHS = frozenset({"/healthz", "/livez", "/readyz", "/version"})
 WATCH_TIMEOUT_S = 1800.0  # the real server picks 30-60 min when the client gives none
 
@@ -61,11 +64,22 @@ def _groups(user: str) -> list[str]:
     return ["system:authenticated"]
 
 
+@dataclass(frozen=True)
+class LabUser:
+    """Whom a lab token authenticates: a user name and, for a service account's token bound to
+    a pod, the pod's node (TokenReview's ``user.extra[NODE_NAME_EXTRA]``, as from 1.30)."""
+
+    name: str
+    node: str | None = None
+
+
 class LabEmulator(kmock.KubernetesEmulator):
-    def __init__(self, *, tokens: Mapping[str, str] | None = None, anonymous: bool = True,
-                 watch_cache: int = 10_000) -> None:
+    def __init__(self, *, tokens: Mapping[str, str | LabUser] | None = None,
+                 anonymous: bool = True, watch_cache: int = 10_000) -> None:
         super().__init__()
-        self.tokens = dict(tokens or {})  # bearer token -> user name; none: no authentication
+        # bearer token -> its user; none: no authentication
+        self.tokens = {t: u if isinstance(u, LabUser) else LabUser(u)
+                       for t, u in (tokens or {}).items()}
         self.anonymous = anonymous
         self.watchlog = WatchLog(watch_cache)
         self.resources.load_bundled()
@@ -108,7 +122,7 @@ class LabEmulator(kmock.KubernetesEmulator):
         user = self.tokens.get(token.strip()) if scheme.lower() == "bearer" else None
         if user is None:
             raise kmock.KubernetesError(401, "Unauthorized", "Unauthorized", None)
-        return user
+        return user.name
 
     # -- everything but resources: kmock's discovery (fixed), OpenAPI, health, lab hooks ------
 
@@ -283,10 +297,13 @@ class LabEmulator(kmock.KubernetesEmulator):
             raise o.bad_request("a TokenReview must be an object")
         spec = body.get("spec") or {}
         user = self.tokens.get(str(spec.get("token") or ""))
-        status: Obj = ({"authenticated": True,
-                        "user": {"username": user, "groups": _groups(user)},
-                        "audiences": list(spec.get("audiences") or [])} if user else
-                       {"authenticated": False, "user": {}, "error": "invalid bearer token"})
+        status: Obj = {"authenticated": False, "user": {}, "error": "invalid bearer token"}
+        if user is not None:
+            info: Obj = {"username": user.name, "groups": _groups(user.name)}
+            if user.node is not None:
+                info["extra"] = {NODE_NAME_EXTRA: [user.node]}
+            status = {"authenticated": True, "user": info,
+                      "audiences": list(spec.get("audiences") or [])}
         return {"kind": "TokenReview", "apiVersion": "authentication.k8s.io/v1",
                 "metadata": {"creationTimestamp": None}, "spec": spec, "status": status}
 

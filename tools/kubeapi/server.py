@@ -2,13 +2,15 @@
 
     python -m tools.kubeapi serve [--host 127.0.0.1] [--port N] [--ready-file F]
                                   [--tls-cert CRT --tls-key KEY]
-                                  [--token NAME=TOKEN ...] [--token-file F]
+                                  [--token NAME=TOKEN[;node=NODE] ...] [--token-file F]
                                   [--anonymous-auth true|false] [--watch-cache N]
     python -m tools.kubeapi kubeconfig --server URL --out PATH [--token T] [--ca CRT]
 
 `serve` runs `LabEmulator` in its own event loop (never one shared with blocking clients),
 plain HTTP unless given a certificate. With tokens configured, a request that carries a token
-(`Authorization: Bearer`) must carry one of them (else 401) and TokenReview names its user; one
+(`Authorization: Bearer`) must carry one of them (else 401) and TokenReview names its user (and,
+for `NAME=TOKEN;node=NODE`, a service-account token bound to a pod on NODE, the node as
+Kubernetes >= 1.30 does: `user.extra["authentication.kubernetes.io/node-name"]`); one
 without a token is anonymous, allowed as by kube-apiserver's default (kubectl sends no
 credentials over plain HTTP) unless `--anonymous-auth false`. Once listening it prints
 `kubeapi: serving on URL` and writes the ready file (JSON: url, host, port, pid) atomically;
@@ -41,23 +43,31 @@ import kmock
 import yaml
 from aiohttp.test_utils import RawTestServer
 
-from tools.kubeapi.emulator import LabEmulator
+from tools.kubeapi.emulator import LabEmulator, LabUser
 
 REPO = Path(__file__).resolve().parents[2]
 
 
-def parse_tokens(pairs: Sequence[str], files: Sequence[Path] = ()) -> dict[str, str]:
-    """`NAME=TOKEN` pairs (and files of such lines; `#` comments) as {token: name}."""
+def parse_tokens(pairs: Sequence[str], files: Sequence[Path] = ()) -> dict[str, LabUser]:
+    """`NAME=TOKEN` or `NAME=TOKEN;node=NODE` pairs (and files of such lines; `#` comments) as
+    {token: user}. `;node=NODE`: a service account's token bound to a pod on NODE."""
     lines = list(pairs)
     for f in files:
         lines += [ln.strip() for ln in f.read_text().splitlines()
                   if ln.strip() and not ln.strip().startswith("#")]
-    tokens: dict[str, str] = {}
+    tokens: dict[str, LabUser] = {}
     for line in lines:
-        name, sep, token = line.partition("=")
+        name, sep, rest = line.partition("=")
+        token, _, attrs = rest.partition(";")
         if not sep or not name.strip() or not token.strip():
-            raise ValueError(f"a token must be given as NAME=TOKEN, not {line!r}")
-        tokens[token.strip()] = name.strip()
+            raise ValueError(f"a token must be given as NAME=TOKEN[;node=NODE], not {line!r}")
+        node = None
+        if attrs:
+            key, eq, node = attrs.partition("=")
+            if key.strip() != "node" or not eq or not node.strip():
+                raise ValueError(f"after NAME=TOKEN only ';node=NODE' may follow, not {line!r}")
+            node = node.strip()
+        tokens[token.strip()] = LabUser(name.strip(), node)
     return tokens
 
 
@@ -77,7 +87,7 @@ def _write_atomically(path: Path, text: str, mode: int = 0o644) -> None:
     os.replace(tmp, path)
 
 
-async def serve(host: str, port: int, *, tokens: Mapping[str, str] | None = None,
+async def serve(host: str, port: int, *, tokens: Mapping[str, str | LabUser] | None = None,
                 anonymous: bool = True, tls: tuple[Path, Path] | None = None,
                 ready_file: Path | None = None, watch_cache: int = 10_000,
                 stop: asyncio.Event | None = None) -> None:
@@ -146,19 +156,21 @@ class ApiServerProcess:
 
 
 def spawn(workdir: Path, *, host: str = "127.0.0.1", port: int = 0,
-          tokens: Mapping[str, str] | None = None, anonymous: bool = True,
-          tls: tuple[Path, Path] | None = None, timeout: float = 30.0,
-          python: str = sys.executable) -> ApiServerProcess:
-    """Start `python -m tools.kubeapi serve` (tokens as {name: token}), wait until it listens;
-    its output goes to `workdir/kubeapi.log`."""
+          tokens: Mapping[str, str] | None = None, token_lines: Sequence[str] = (),
+          anonymous: bool = True, tls: tuple[Path, Path] | None = None,
+          timeout: float = 30.0, python: str = sys.executable) -> ApiServerProcess:
+    """Start `python -m tools.kubeapi serve` (tokens as {name: token}; `token_lines`: more lines
+    of its token file, `NAME=TOKEN[;node=NODE]`, e.g. several of one service account), wait
+    until it listens; its output goes to `workdir/kubeapi.log`."""
     workdir.mkdir(parents=True, exist_ok=True)
     ready = workdir / "kubeapi.ready.json"
     ready.unlink(missing_ok=True)
     cmd = [python, "-m", "tools.kubeapi", "serve", "--host", host, "--port", str(port),
            "--ready-file", str(ready)]
-    if tokens:
+    lines = [f"{n}={t}" for n, t in (tokens or {}).items()] + list(token_lines)
+    if lines:
         token_file = workdir / "kubeapi.tokens"
-        _write_atomically(token_file, "".join(f"{n}={t}\n" for n, t in tokens.items()), 0o600)
+        _write_atomically(token_file, "".join(f"{line}\n" for line in lines), 0o600)
         cmd += ["--token-file", str(token_file)]
     if tls:
         cmd += ["--tls-cert", str(tls[0]), "--tls-key", str(tls[1])]
@@ -187,9 +199,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     s.add_argument("--ready-file", type=Path)
     s.add_argument("--tls-cert", type=Path)
     s.add_argument("--tls-key", type=Path)
-    s.add_argument("--token", action="append", default=[], metavar="NAME=TOKEN")
+    s.add_argument("--token", action="append", default=[], metavar="NAME=TOKEN[;node=NODE]")
     s.add_argument("--token-file", action="append", default=[], type=Path,
-                   help="lines of NAME=TOKEN")
+                   help="lines of NAME=TOKEN[;node=NODE]")
     s.add_argument("--anonymous-auth", choices=("true", "false"), default="true",
                    help="allow requests without a token when tokens are configured")
     s.add_argument("--watch-cache", type=int, default=10_000,
