@@ -11,23 +11,20 @@ from __future__ import annotations
 
 import ipaddress
 import os
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-import yaml
-
 from agent.multicast.igmp.limits import Cap, Limits
 from agent.podnetwork import MIN_MTU
 from pipeline.multicast import Mode
+from wire.configfile import ConfigError, Schema, key_path, load_yaml, parse_duration
 from wire.stream import DEFAULT_PORT
 
-
-class ConfigError(ValueError):
-    """The configuration is invalid; the message names the key."""
+__all__ = ["AgentConfig", "ConfigError", "ControllerLinkConfig", "PuntRates", "load_config",
+           "parse_config", "parse_duration"]
 
 
 # Feature gate -> default. Gates for policy and egress will join Multicast here.
@@ -48,24 +45,11 @@ KEYS: dict[str, tuple[str, ...]] = {
             "controllerPort"),
     "controller": ("address", "tokenFile", "caFile"),
 }
+_SCHEMA = Schema(KEYS)
+_get, _section, _subsection = _SCHEMA.get, _SCHEMA.section, _SCHEMA.subsection
+_path = key_path
 
 
-_DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h)$")
-_UNIT = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
-
-
-def parse_duration(value: Any, key: str) -> float:
-    """'125s', '2m', '500ms' → seconds. Plain numbers are seconds."""
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        seconds = float(value)
-    else:
-        m = _DURATION.match(str(value).strip())
-        if not m:
-            raise ConfigError(f"{key}: {value!r} is not a duration like '125s', '2m' or '500ms'")
-        seconds = float(m.group(1)) * _UNIT[m.group(2)]
-    if seconds <= 0:
-        raise ConfigError(f"{key}: duration must be positive, got {value!r}")
-    return seconds
 
 
 @dataclass(frozen=True)
@@ -118,36 +102,6 @@ class AgentConfig:
     @property
     def uplink(self) -> str | None:
         return self.multicast_interfaces[0] if self.multicast_interfaces else None
-
-
-def _path(section: str, key: object) -> str:
-    return f"{section}.{key}" if section else str(key)
-
-
-def _get(d: dict[str, Any], section: str, key: str, kind: type[Any], default: Any) -> Any:
-    """``d[key]`` (``d`` being mapping ``section``) if set, else ``default``; checked by type."""
-    assert key in KEYS[section], f"{_path(section, key)} read but not declared in KEYS"
-    if key not in d or d[key] is None:
-        return default
-    v = d[key]
-    if kind is int and isinstance(v, bool) or not isinstance(v, kind):
-        raise ConfigError(
-            f"{_path(section, key)}: expected {kind.__name__}, got {type(v).__name__}")
-    return v
-
-
-def _section(raw: dict[str, Any], name: str) -> dict[str, Any]:
-    """Top-level mapping ``name`` (empty if absent), its keys checked against ``KEYS``."""
-    d: dict[str, Any] = _get(raw, "", name, dict, {})
-    _check_keys(d, name)
-    return d
-
-
-def _subsection(parent: dict[str, Any], section: str, key: str) -> dict[str, Any]:
-    """Mapping ``section.key`` inside ``parent`` (empty if absent), its keys checked."""
-    d: dict[str, Any] = _get(parent, section, key, dict, {})
-    _check_keys(d, _path(section, key))
-    return d
 
 
 def _positive(d: dict[str, Any], section: str, key: str, default: int) -> int:
@@ -207,20 +161,12 @@ def _controller(raw: dict[str, Any]) -> ControllerLinkConfig | None:
                                 token_file, ca_file)
 
 
-def _check_keys(d: dict[str, Any], section: str) -> None:
-    what = "feature gate" if section == "featureGates" else "key"
-    for key in d:
-        if key not in KEYS[section]:
-            known = ", ".join(sorted(KEYS[section]))
-            raise ConfigError(f"{_path(section, key)}: unknown {what} (known: {known})")
-
-
 def parse_config(raw: dict[str, Any], env: Mapping[str, str] | None = None) -> AgentConfig:
     """Validate ``raw``. node.name / node.ip default to $NODE_NAME / $NODE_IP (downward API)."""
     env = os.environ if env is None else env
     if not isinstance(raw, dict):
         raise ConfigError(f"top level: must be a mapping, got {type(raw).__name__}")
-    _check_keys(raw, "")
+    _SCHEMA.check_keys(raw, "")
     gates = _section(raw, "featureGates")
     gate = {g: bool(_get(gates, "featureGates", g, bool, on)) for g, on in FEATURE_GATES.items()}
     mc = _section(raw, "multicast")
@@ -293,13 +239,4 @@ def parse_config(raw: dict[str, Any], env: Mapping[str, str] | None = None) -> A
 
 def load_config(path: str | Path) -> AgentConfig:
     """Read and parse the YAML file at ``path``; errors start with the path as given."""
-    try:
-        raw = yaml.safe_load(Path(path).read_text())
-    except OSError as e:
-        raise ConfigError(f"config file {path}: {e.strerror}") from None
-    except yaml.YAMLError as e:
-        raise ConfigError(f"config file {path}: not valid YAML: {e}") from None
-    try:
-        return parse_config({} if raw is None else raw)
-    except ConfigError as e:
-        raise ConfigError(f"{path}: {e}") from None
+    return load_yaml(path, parse_config)

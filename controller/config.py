@@ -33,11 +33,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
+from wire.configfile import ConfigError, Schema, key_path, load_yaml, parse_duration
 
-
-class ConfigError(ValueError):
-    """The configuration is invalid; the message names the key."""
+__all__ = ["ConfigError", "ControllerConfig", "load_config", "parse_config", "parse_duration"]
 
 
 # Feature gate -> default (Antrea's shape). The policy gates will join Multicast here.
@@ -52,10 +50,11 @@ KEYS: dict[str, tuple[str, ...]] = {
                        "renewDeadline", "retryPeriod"),
 }
 
+_SCHEMA = Schema(KEYS)
+_get, _section, _path = _SCHEMA.get, _SCHEMA.section, key_path
+
 DEFAULT_STREAM_PORT = 10349
 DEFAULT_AGENT_SERVICE_ACCOUNT = "kube-mcast/kube-mcast-agent"
-_DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h)$")
-_UNIT = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 # a DNS-1123 subdomain: what Kubernetes accepts as a Lease's name and a namespace (label)
 _SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 _LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
@@ -89,51 +88,6 @@ class ControllerConfig:
     def lease_duration_seconds(self) -> int:
         """What the Lease records (an integer number of seconds, rounded up)."""
         return max(1, math.ceil(self.lease_duration_s))
-
-
-def parse_duration(value: Any, key: str) -> float:
-    """'15s', '2m', '500ms' → seconds. Plain numbers are seconds."""
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        seconds = float(value)
-    else:
-        m = _DURATION.match(str(value).strip())
-        if not m:
-            raise ConfigError(f"{key}: {value!r} is not a duration like '15s', '2m' or '500ms'")
-        seconds = float(m.group(1)) * _UNIT[m.group(2)]
-    if seconds <= 0:
-        raise ConfigError(f"{key}: duration must be positive, got {value!r}")
-    return seconds
-
-
-def _path(section: str, key: object) -> str:
-    return f"{section}.{key}" if section else str(key)
-
-
-def _get(d: dict[str, Any], section: str, key: str, kind: type[Any], default: Any) -> Any:
-    """``d[key]`` (``d`` being mapping ``section``) if set, else ``default``; checked by type."""
-    assert key in KEYS[section], f"{_path(section, key)} read but not declared in KEYS"
-    if key not in d or d[key] is None:
-        return default
-    v = d[key]
-    if kind is int and isinstance(v, bool) or not isinstance(v, kind):
-        raise ConfigError(
-            f"{_path(section, key)}: expected {kind.__name__}, got {type(v).__name__}")
-    return v
-
-
-def _check_keys(d: dict[str, Any], section: str) -> None:
-    what = "feature gate" if section == "featureGates" else "key"
-    for key in d:
-        if key not in KEYS[section]:
-            known = ", ".join(sorted(KEYS[section]))
-            raise ConfigError(f"{_path(section, key)}: unknown {what} (known: {known})")
-
-
-def _section(raw: dict[str, Any], name: str) -> dict[str, Any]:
-    """Top-level mapping ``name`` (empty if absent), its keys checked against ``KEYS``."""
-    d: dict[str, Any] = _get(raw, "", name, dict, {})
-    _check_keys(d, name)
-    return d
 
 
 def _port(d: dict[str, Any], section: str, key: str, default: int) -> int:
@@ -197,7 +151,7 @@ def parse_config(raw: Any, env: Mapping[str, str] | None = None) -> ControllerCo
     env = os.environ if env is None else env
     if not isinstance(raw, dict):
         raise ConfigError(f"top level: must be a mapping, got {type(raw).__name__}")
-    _check_keys(raw, "")
+    _SCHEMA.check_keys(raw, "")
     gates = _section(raw, "featureGates")
     gate = {g: bool(_get(gates, "featureGates", g, bool, on)) for g, on in FEATURE_GATES.items()}
     identity = _get(raw, "", "identity", str, "") or default_identity(env)
@@ -213,13 +167,4 @@ def parse_config(raw: Any, env: Mapping[str, str] | None = None) -> ControllerCo
 
 def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> ControllerConfig:
     """Read and parse the YAML file at ``path``; errors start with the path as given."""
-    try:
-        raw = yaml.safe_load(Path(path).read_text())
-    except OSError as e:
-        raise ConfigError(f"config file {path}: {e.strerror}") from None
-    except yaml.YAMLError as e:
-        raise ConfigError(f"config file {path}: not valid YAML: {e}") from None
-    try:
-        return parse_config({} if raw is None else raw, env)
-    except ConfigError as e:
-        raise ConfigError(f"{path}: {e}") from None
+    return load_yaml(path, lambda raw: parse_config(raw, env))
