@@ -11,39 +11,24 @@ to nothing. Each OVS is private, in its own netns (``ovs_node``, see ``oflab``).
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
 import pytest
 from mcast_samples import GROUP_IP, PEER_IPS, POD_PORTS, build_state, config
-from oflab import attached_switch, ensure_br_int
 
 from agent.flowsync.reconciler import Reconciler
 from agent.flowsync.switch import CookieDelete, SwitchOp
-from agent.ovs.ovsdb import Ovsdb
 from agent.ovs.switch import OpenFlowSwitch
 from pipeline import multicast as mc
 from pipeline.cookies import Feature
 from pipeline.diff import canonical
 from pipeline.model import SwitchState
 from pipeline.ops import Command, FlowOp, GroupOp, MeterOp
-from tools.mclab.ovsnode import OvsNode
 
 pytestmark = pytest.mark.ovs
 
 P = mc.pipeline()
 BIG_GROUP_ID = 9
-
-
-@pytest.fixture
-def switch(ovs_node: OvsNode) -> Iterator[OpenFlowSwitch]:
-    fatal: list[BaseException] = []
-    with Ovsdb(ovs_node.db_sock) as db:
-        def configure() -> None:
-            ensure_br_int(db)
-            db.set_table_names("br-int", P)
-        with attached_switch(ovs_node, P, fatal, configure=configure) as sw:
-            yield sw
-    assert not fatal, f"OpenFlow handler failed: {fatal!r}"
 
 
 class Recording:

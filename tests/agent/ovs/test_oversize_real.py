@@ -14,11 +14,11 @@ from __future__ import annotations
 import logging
 import queue
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import TypeVar
 
 import pytest
-from oflab import add_veth, attached_switch, ensure_br_int, packet_socket, receive
+from oflab import add_veth, packet_socket, receive
 from os_ken.lib.packet import ethernet, ipv4, packet, udp
 from pyroute2 import IPRoute
 
@@ -57,28 +57,6 @@ SEND, RECEIVE = MTU.max_send_frame, MTU.max_receive_frame
 SENDER_IP, SENDER_MAC = "10.77.1.1", "0a:00:00:00:01:01"
 OUTSIDE_IP, OUTSIDE_MAC = "192.168.77.100", "02:77:00:00:00:64"
 T = TypeVar("T")
-
-
-@pytest.fixture
-def db(ovs_node: OvsNode) -> Iterator[Ovsdb]:
-    with Ovsdb(ovs_node.db_sock) as conn:
-        yield conn
-
-
-@pytest.fixture
-def fatal() -> Iterator[list[BaseException]]:
-    errors: list[BaseException] = []
-    yield errors
-    assert not errors, f"OpenFlow handler failed: {errors!r}"
-
-
-@pytest.fixture
-def switch(ovs_node: OvsNode, db: Ovsdb, fatal: list[BaseException]) -> Iterator[OpenFlowSwitch]:
-    def configure() -> None:
-        ensure_br_int(db)
-        db.set_table_names("br-int", P)
-    with attached_switch(ovs_node, P, fatal, configure=configure) as sw:
-        yield sw
 
 
 def _veth_in_node(node: OvsNode, name: str) -> None:

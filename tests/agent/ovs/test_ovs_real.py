@@ -7,7 +7,7 @@ controller listens on 127.0.0.1:6653 *inside* that netns (see ``oflab``), as the
 from __future__ import annotations
 
 import queue
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
 import pytest
 from oflab import add_veth, attached_switch, ensure_br_int, is_igmp, packet_socket, receive
@@ -31,28 +31,6 @@ pytestmark = pytest.mark.ovs
 P = mc.pipeline()
 NODE_IP, NODE_MAC = "192.168.77.1", "02:77:00:00:00:01"
 GROUP_ID = 5
-
-
-@pytest.fixture
-def db(ovs_node: OvsNode) -> Iterator[Ovsdb]:
-    with Ovsdb(ovs_node.db_sock) as conn:
-        yield conn
-
-
-@pytest.fixture
-def fatal() -> Iterator[list[BaseException]]:
-    errors: list[BaseException] = []
-    yield errors
-    assert not errors, f"OpenFlow handler failed: {errors!r}"
-
-
-@pytest.fixture
-def switch(ovs_node: OvsNode, db: Ovsdb, fatal: list[BaseException]) -> Iterator[OpenFlowSwitch]:
-    def configure() -> None:
-        ensure_br_int(db)
-        db.set_table_names("br-int", P)
-    with attached_switch(ovs_node, P, fatal, configure=configure) as sw:
-        yield sw
 
 
 class Counting:

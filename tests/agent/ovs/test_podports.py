@@ -4,8 +4,6 @@ address included (the detach-by-interface rule needs them after a restart too)."
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 from oflab import ensure_br_int
 from pyroute2 import IPRoute
@@ -16,12 +14,6 @@ from agent.ovs.podports import OvsdbPodPorts
 from tools.mclab.ovsnode import OvsNode
 
 pytestmark = pytest.mark.ovs
-
-
-@pytest.fixture
-def db(ovs_node: OvsNode) -> Iterator[Ovsdb]:
-    with Ovsdb(ovs_node.db_sock) as conn:
-        yield conn
 
 
 def test_existing_pods_come_back_whole(ovs_node: OvsNode, db: Ovsdb) -> None:
