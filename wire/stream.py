@@ -15,8 +15,14 @@ server unreachable: 503). Then, in JSON text frames:
   node set (``wire.nodes``), first as soon as the controller knows one, then after each change.
   ``N`` grows within one connection; a new connection starts over (the controller may have
   restarted, or be another replica), so an agent compares versions only within a connection.
+- controller → agent ``{"type": "policy", "version": N, "full": bool, "rules": ...,
+  "appliedToGroups": ..., "addressGroups": ...}``: the multicast policy that applies to the
+  agent's pods (``wire.policy``), in full first (once the controller has synced its policy
+  watches), then as patches; ``N`` counts policy messages within one connection.
 - agent → controller ``{"type": "members", "groups": [...]}``: the agent's full local
   membership (``wire.members``), on connect and after each change.
+- agent → controller ``{"type": "ruleStats", "rules": [{"key", "packets", "bytes"}]}``: the
+  counters of every policy rule the agent enforces (``wire.policy``), when they move.
 
 A message that is not one of these is answered by closing the stream with a reason naming the
 problem: ``CLOSE_MALFORMED`` (1007) for bad JSON or shape, ``CLOSE_BINARY`` (1003) for a binary
@@ -26,7 +32,7 @@ WebSocket pings (``HEARTBEAT_S``), so a dead peer is noticed without any traffic
 
 Owns the path, the default port, the close codes and the two message envelopes (building and
 checked parsing); the payloads are ``wire.nodes``' and ``wire.members``'. Imports nothing of
-ours but ``wire``.
+ours but ``wire``. ``message_type`` tells which envelope a text frame carries.
 """
 
 from __future__ import annotations
@@ -37,6 +43,14 @@ from typing import Any
 
 from wire.members import GroupReport, groups_from_json, groups_to_json
 from wire.nodes import NodeInfo, WireError, nodes_from_json, nodes_to_json
+from wire.policy import (
+    PolicyUpdate,
+    RuleStats,
+    stats_from_json,
+    stats_to_json,
+    update_from_json,
+    update_to_json,
+)
 
 STREAM_PATH = "/v1/stream"
 NODE_PARAM = "node"
@@ -48,6 +62,8 @@ MAX_MESSAGE_BYTES = 64 << 20  # a full membership of a busy node, a full node se
 
 NODES = "nodes"
 MEMBERS = "members"
+POLICY = "policy"
+RULE_STATS = "ruleStats"
 
 CLOSE_BINARY = 1003  # RFC 6455 "unsupported data"
 CLOSE_MALFORMED = 1007  # RFC 6455 "invalid frame payload data"
@@ -72,13 +88,33 @@ def close_reason(text: str) -> bytes:
     return raw[:CLOSE_REASON_BYTES - 3].decode(errors="ignore").encode() + b"..."
 
 
-def _message(text: str | bytes, kind: str) -> dict[str, Any]:
+def _load(text: str | bytes) -> dict[str, Any]:
     try:
         body = json.loads(text)
     except ValueError as e:  # JSONDecodeError and UnicodeDecodeError
         raise WireError(f"not JSON: {e}") from None
     if not isinstance(body, dict):
         raise WireError(f"expected an object, got {type(body).__name__}")
+    return body
+
+
+def message_type(text: str | bytes) -> str:
+    """The ``type`` of a message (not otherwise checked); ``WireError`` if it has none."""
+    kind = _load(text).get("type")
+    if not isinstance(kind, str):
+        raise WireError(f"type: expected a string, got {kind!r}")
+    return kind
+
+
+def _version(body: dict[str, Any]) -> int:
+    version = body.get("version")
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise WireError(f"version: expected a positive integer, got {version!r}")
+    return version
+
+
+def _message(text: str | bytes, kind: str) -> dict[str, Any]:
+    body = _load(text)
     if body.get("type") != kind:
         raise WireError(f"type: expected {kind!r}, got {body.get('type')!r}")
     return body
@@ -94,10 +130,17 @@ def nodes_message(version: int, nodes: Iterable[NodeInfo]) -> str:
 def parse_nodes_message(text: str | bytes) -> tuple[int, list[NodeInfo]]:
     """``(version, node set)``; ``WireError`` names what is wrong."""
     body = _message(text, NODES)
-    version = body.get("version")
-    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
-        raise WireError(f"version: expected a positive integer, got {version!r}")
-    return version, nodes_from_json(body)
+    return _version(body), nodes_from_json(body)
+
+
+def policy_message(version: int, update: PolicyUpdate) -> str:
+    return json.dumps({"type": POLICY, "version": version, **update_to_json(update)})
+
+
+def parse_policy_message(text: str | bytes) -> tuple[int, PolicyUpdate]:
+    """``(version, policy update)``; ``WireError`` names what is wrong."""
+    body = _message(text, POLICY)
+    return _version(body), update_from_json(body)
 
 
 # -- agent → controller ---------------------------------------------------------------------
@@ -110,3 +153,12 @@ def members_message(groups: Iterable[GroupReport]) -> str:
 def parse_members_message(text: str | bytes) -> list[GroupReport]:
     """The agent's full local membership; ``WireError`` names what is wrong."""
     return groups_from_json(_message(text, MEMBERS))
+
+
+def rule_stats_message(stats: Iterable[RuleStats]) -> str:
+    return json.dumps({"type": RULE_STATS, **stats_to_json(stats)})
+
+
+def parse_rule_stats_message(text: str | bytes) -> list[RuleStats]:
+    """The agent's rule counters; ``WireError`` names what is wrong."""
+    return stats_from_json(_message(text, RULE_STATS))
