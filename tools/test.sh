@@ -30,7 +30,7 @@ lint lint-imports         # layer contracts: [tool.importlinter] in pyproject.to
 
 echo "== tests: pytest $* =="
 rc=0
-.venv/bin/pytest -ra "$@" || rc=$?
+.venv/bin/pytest -ra --durations=15 "$@" || rc=$?
 if [ "$rc" = 5 ]; then
   echo "[test] ERROR: pytest collected no tests (exit 5); treating that as a failure" >&2
   rc=1
