@@ -9,9 +9,12 @@ it works in any network namespace whatever the working directory is.
         Joins GROUP (IP_ADD_MEMBERSHIP; with --source, an IGMPv3 source-specific join through
         IP_ADD_SOURCE_MEMBERSHIP), counts the datagrams that arrive on PORT and prints one JSON
         line: {"n": .., "sources": {ip: count}, "first_ms": .., ...}.
-    mcprobe.py sniff GROUP PORT [--iface IF] [--duration S] [--ready FILE] [--status FILE]
+    mcprobe.py sniff GROUP PORT [--iface IF] [--igmp-queries] [--duration S] [--ready FILE]
+                                [--status FILE]
         Does NOT join: counts the UDP frames to GROUP:PORT that the switch delivers to the
-        interface (an AF_PACKET socket), which is what "a non-member receives 0" means.
+        interface (an AF_PACKET socket), which is what "a non-member receives 0" means. With
+        --igmp-queries it counts IGMP queries sent to GROUP instead (PORT is ignored): a
+        general query goes to 224.0.0.1, a group-specific one to its group.
     mcprobe.py send GROUP PORT --count N [--pps R] [--ttl T] [--size B]
         Sends N datagrams, each "<seq> mcprobe ...\\n" (one line: line-counting receivers such
         as socat work), and prints {"sent": N}.
@@ -39,6 +42,7 @@ from typing import Any
 
 IP_ADD_SOURCE_MEMBERSHIP = getattr(socket, "IP_ADD_SOURCE_MEMBERSHIP", 39)  # Linux value
 ETH_P_IP = 0x0800
+IGMP_QUERY = 0x11
 PACKET_OUTGOING = 4
 STATUS_EVERY_S = 0.05
 
@@ -203,6 +207,11 @@ def cmd_sniff(args: argparse.Namespace) -> int:
         if addr[2] == PACKET_OUTGOING or len(data) < 20 or data[0] >> 4 != 4:
             return None
         ihl = (data[0] & 0x0F) * 4
+        if args.igmp_queries:
+            if data[9] != socket.IPPROTO_IGMP or data[16:20] != group or len(data) <= ihl:
+                return None
+            return (socket.inet_ntoa(data[12:16]), data[ihl:]) if data[ihl] == IGMP_QUERY \
+                else None
         if data[9] != socket.IPPROTO_UDP or data[16:20] != group or len(data) < ihl + 8:
             return None
         if struct.unpack_from("!H", data, ihl + 2)[0] != args.port:
@@ -284,6 +293,8 @@ def build_parser() -> argparse.ArgumentParser:
     sniff = sub.add_parser("sniff", help="count frames to GROUP:PORT on an interface, no join")
     common_rx(sniff)
     sniff.add_argument("--iface", help="default: the interface routing 224.0.0.0/4")
+    sniff.add_argument("--igmp-queries", action="store_true",
+                       help="count IGMP queries to GROUP instead of UDP to GROUP:PORT")
     sniff.set_defaults(func=cmd_sniff)
 
     send = sub.add_parser("send", help="send datagrams to a group")

@@ -273,6 +273,7 @@ class Lab:
         self.env = {**os.environ, "MCLAB_DIR": str(lab_dir), "MCLAB_PREFIX": prefix,
                     "PYTHONUNBUFFERED": "1"}
         self.probe_dir = lab_dir / "probe"
+        self._kubeconfig: str | None = None
 
     wait_for = staticmethod(wait_for)
 
@@ -290,6 +291,17 @@ class Lab:
     def mcctl(self, *args: str, check: bool = True,
               timeout: float = CLI_TIMEOUT) -> subprocess.CompletedProcess[str]:
         return _run([MCCTL, *args], self.env, check, timeout)
+
+    def kubectl(self, *args: str, stdin: str | None = None, check: bool = True
+                ) -> subprocess.CompletedProcess[str]:
+        """The real ``kubectl`` against the lab's API server (``mclab kubeconfig``)."""
+        if self._kubeconfig is None:
+            self._kubeconfig = self.mclab("kubeconfig").stdout.strip().splitlines()[-1]
+        res = subprocess.run(["kubectl", "--kubeconfig", self._kubeconfig, *args],
+                             capture_output=True, text=True, timeout=30, input=stdin,
+                             stdin=None if stdin is not None else subprocess.DEVNULL)
+        assert not check or res.returncode == 0, f"kubectl {' '.join(args)}: {res.stderr}"
+        return res
 
     def mcctl_json(self, node: str, *args: str) -> Any:
         return json.loads(self.mcctl("--node", node, "get", *args, "-o", "json").stdout)
@@ -365,12 +377,14 @@ class Lab:
         return Receiver("recv", pod, group, port, self.popen(pod, *cmd), ready, status)
 
     def start_sniffer(self, pod: Pod, group: str, port: int,
-                      duration: float = PROBE_MAX_S) -> Receiver:
+                      duration: float = PROBE_MAX_S, igmp_queries: bool = False) -> Receiver:
         """``mcprobe sniff``: counts frames to group:port reaching the pod's multicast
-        interface, no join."""
+        interface, no join (with ``igmp_queries``: the IGMP queries sent to ``group``)."""
         ready, status = self._probe_files(pod, "sniff")
         cmd = [PYTHON, MCPROBE, "sniff", group, str(port), "--iface", pod.iface,
                "--duration", str(duration), "--ready", str(ready), "--status", str(status)]
+        if igmp_queries:
+            cmd.append("--igmp-queries")
         return Receiver("sniff", pod, group, port, self.popen(pod, *cmd), ready, status)
 
     def start_socat(self, pod: Pod, group: str, port: int) -> Receiver:

@@ -43,11 +43,7 @@ def klab() -> Iterator[Lab]:
 
 
 def kubectl(lab: Lab, *args: str) -> str:
-    path = lab.mclab("kubeconfig").stdout.strip().splitlines()[-1]
-    res = subprocess.run(["kubectl", "--kubeconfig", path, *args], capture_output=True,
-                         text=True, timeout=30, stdin=subprocess.DEVNULL)
-    assert res.returncode == 0, f"kubectl {' '.join(args)}: {res.stderr}"
-    return res.stdout
+    return lab.kubectl(*args).stdout
 
 
 def groups_table(lab: Lab) -> dict[str, tuple[str, str]]:
