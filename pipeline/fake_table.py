@@ -18,6 +18,9 @@ Where Open vSwitch 3.1 differs from a naive reading of OpenFlow, we follow OVS (
 * ``ct(nat)`` rewrites the datapath packet, which OVS cannot roll back when it "clones" for the
   next bucket: every copy delivered after a NAT in the same traversal carries the NATed source,
   even from another bucket. Matching is unaffected (the translated flow keeps the old source).
+* Conjunctive matches resolve as OVS's classifier does (``switchmodel.classify``): the flow
+  run is the ``conj_id`` flow of a completed conjunction, never a conjunctive flow, which
+  therefore counts no packets.
 * ``check_pkt_larger`` translates the rest of the flow's actions once per outcome and the
   datapath picks one per packet by its length: the packet goes one way, but the flows and
   groups of *both* ways are credited with it. Meters run in the datapath: only the way taken
@@ -62,7 +65,10 @@ from pipeline.model import (
     SetField,
     SetTunnelDst,
 )
-from pipeline.switchmodel import FlowKey, SwitchError, SwitchModel, describe
+from pipeline.switchmodel import (
+    AmbiguousMatch as AmbiguousMatch,  # the fake table's error, raised by classify
+)
+from pipeline.switchmodel import FlowKey, SwitchError, SwitchModel, classify, describe
 from pipeline.tables import Pipeline
 
 MAX_DEPTH = 64
@@ -79,10 +85,6 @@ _PACKET_ATTRS = MappingProxyType({"tun_ipv4_src": "tun_src", "tun_ipv4_dst": "tu
 
 FakeTableError = SwitchError
 """The fake table's name for what the switch would refuse or a pipeline bug it detects."""
-
-
-class AmbiguousMatch(FakeTableError):
-    """Two flows of the same priority both match a packet: OVS would pick one arbitrarily."""
 
 
 @dataclass(frozen=True)
@@ -196,6 +198,7 @@ class _State:
 
     packet: Packet
     regs: tuple[int, ...] = (0,) * 8
+    conj_id: int = 0  # only while a table is looked up again for a completed conjunction
 
 
 class _TooDeep(Exception):
@@ -213,6 +216,8 @@ def _field_value(state: _State, name: str) -> int | None:
     """Value of match field ``name`` for this packet; None when the packet lacks the field."""
     if name.startswith("reg"):
         return state.regs[int(name[3:])]
+    if name == "conj_id":
+        return state.conj_id
     p = state.packet
     if name == "eth_type":
         return ETH_TYPE_IP
@@ -351,12 +356,10 @@ class FakeSwitch(SwitchModel):
         return walk.trace
 
     def _lookup(self, table: str, state: _State) -> Flow | None:
-        hits = [f for f in self.table(table).values() if _matches(f.match, state)]
-        best = [f for f in hits if f.priority == max(h.priority for h in hits)]
-        if len(best) > 1:
-            raise AmbiguousMatch(f"{table}: {len(best)} flows of priority {best[0].priority} "
-                                 f"match {state.packet}: {[f.match for f in best]}")
-        return best[0] if best else None
+        """The flow OVS runs for this packet in ``table`` (conjunctions resolved), or None."""
+        return classify(table, self.table(table).values(), lambda f, conj_id: _matches(
+            f.match, state if conj_id == state.conj_id else
+            dataclasses.replace(state, conj_id=conj_id)), str(state.packet))
 
 
 class _Walk:

@@ -33,9 +33,10 @@ TABLES = (
     ),
     TableSpec(
         EGRESS_RULE, Stage.EGRESS_SECURITY, Miss.NEXT,
-        frozenset({"in_port", "reg0"} | _IP),
+        frozenset({"in_port", "reg0", "conj_id"} | _IP),
         frozenset({EGRESS_METRIC}),
-        "Multicast egress policy of the sending pod (allow-all until policy is pushed).",
+        "Multicast egress policy of the sending pod: conjunctive rules (pipeline.policy), "
+        "allow on miss.",
     ),
     TableSpec(
         EGRESS_METRIC, Stage.EGRESS_METRIC, Miss.NEXT,
@@ -51,9 +52,10 @@ TABLES = (
     ),
     TableSpec(
         INGRESS_RULE, Stage.INGRESS_SECURITY, Miss.NEXT,
-        frozenset({"in_port", "reg0", "reg1"} | _IP),
+        frozenset({"in_port", "reg0", "reg1", "conj_id"} | _IP),
         frozenset({INGRESS_METRIC}),
-        "Multicast ingress policy of the receiving pod (allow-all until policy is pushed).",
+        "Multicast ingress policy of the receiving pod: conjunctive rules (pipeline.policy), "
+        "allow on miss.",
     ),
     TableSpec(
         INGRESS_METRIC, Stage.INGRESS_METRIC, Miss.NEXT,

@@ -41,6 +41,8 @@ FIELD_KINDS: Mapping[str, str] = MappingProxyType({
     "tun_ipv4_src": "ip",
     "tun_ipv4_dst": "ip",
     **{f"reg{i}": "32" for i in range(8)},
+    # Set only while OVS looks a table up again for a completed conjunction (see Conjunction).
+    "conj_id": "32",
 })
 
 
@@ -116,6 +118,10 @@ class Match:
 
     def names(self) -> frozenset[str]:
         return frozenset(f.name for f in self.fields)
+
+
+class FlowError(ValueError):
+    """A flow, group or meter description is inconsistent."""
 
 
 # --- actions: a closed set -------------------------------------------------------------------
@@ -242,18 +248,53 @@ class CheckPktLarger:
             raise ValueError(f"check_pkt_larger stores one bit, not {self.field.name}")
 
 
+MAX_CONJUNCTION_CLAUSES = 64
+"""OVS refuses a conjunction of more clauses (and of fewer than 2)."""
+
+
+@dataclass(frozen=True)
+class Conjunction:
+    """This flow is clause ``clause`` (1-based) of ``n_clauses`` of conjunctive match
+    ``conj_id`` (OVS's ``conjunction(ID,K/N)``, NXAST_CONJUNCTION).
+
+    Such a flow does nothing itself. When, at one priority of a table, flows matching a packet
+    carry every clause 1..N of an id, OVS looks the table up again with the packet's
+    ``conj_id`` set to that id (conjunctive flows left out) and runs the flow it finds: the one
+    matching ``conj_id=ID``, unless a plain flow that matches anyway has a higher priority. If
+    no id completes, the lookup goes on at lower priorities. A flow with a conjunction may hold
+    only conjunctions (OVS: "may be used along with note but not any other kind of action").
+    """
+
+    conj_id: int
+    clause: int
+    n_clauses: int
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.conj_id < (1 << 32):
+            raise FlowError(f"conjunction id {self.conj_id} is not 32 bits")
+        if not 2 <= self.n_clauses <= MAX_CONJUNCTION_CLAUSES:
+            raise FlowError(f"conjunction({self.conj_id}): {self.n_clauses} clauses, OVS takes "
+                            f"2..{MAX_CONJUNCTION_CLAUSES}")
+        if not 1 <= self.clause <= self.n_clauses:
+            raise FlowError(f"conjunction({self.conj_id}): clause {self.clause} is not in "
+                            f"1..{self.n_clauses}")
+
+
 Action = (
     Output | OutputReg | GroupAction | Controller | SetField | LoadReg | SetTunnelDst | Resubmit
-    | GotoTable | Ct | Drop | ApplyMeter | CheckPktLarger
+    | GotoTable | Ct | Drop | ApplyMeter | CheckPktLarger | Conjunction
 )
 
 
-class FlowError(ValueError):
-    """A flow, group or meter description is inconsistent."""
-
-
 def _check_actions(actions: tuple[Action, ...], where: str, in_flow: bool) -> None:
-    """Rules OVS holds action lists to; a bucket (``in_flow`` False) takes no goto or meter."""
+    """Rules OVS holds action lists to; a bucket (``in_flow`` False) takes no goto, meter or
+    conjunction."""
+    conjunctions = sum(isinstance(a, Conjunction) for a in actions)
+    if conjunctions and not in_flow:
+        raise FlowError(f"{where}: a conjunction belongs in a flow, not here")
+    if conjunctions and conjunctions != len(actions):
+        raise FlowError(f"{where}: conjunction cannot be combined with other actions (OVS "
+                        f"refuses them)")
     for i, a in enumerate(actions):
         if isinstance(a, Drop) and len(actions) != 1:
             raise FlowError(f"{where}: drop cannot be combined with other actions")

@@ -21,5 +21,11 @@ NODE_SNAT_DROP = 230
 OVERSIZE = 240
 """Multicast over its size limit (the OVERSIZE bit): counted, punted, never forwarded; above
 every metric, route and output flow of its table."""
+POLICY_RULE_LOWEST = 1000
+"""The lowest priority a multicast NetworkPolicy rule may have in the rule tables (above every
+fixed flow there: the table miss)."""
+POLICY_RULE_HIGHEST = 60000
+"""The highest priority of a policy rule: below SELF_LOOP, which must drop a pod's own copy
+whatever the pod's ingress rules say."""
 SELF_LOOP = 0xFFF0
 """Drop a pod's own copy before its ingress metric: a sender that is a member gets no copy."""

@@ -8,7 +8,8 @@ likewise for ``dump-groups`` and ``dump-meters``. The same flow and group text i
 (meters are the exception: ``render_meter_mod``). Golden tests and real-OVS tests compare line
 sets, so every choice below copies what OVS 3.1 prints, learned on the real vswitchd:
 
-- match order: priority (omitted when 32768), ``ip``/``udp``/``arp``... shorthand, reg0..reg7,
+- match order: priority (omitted when 32768), conj_id (decimal), ``ip``/``udp``/``arp``...
+  shorthand, reg0..reg7,
   tun_id/tun_src/tun_dst, in_port, dl_src/dl_dst, dl_type, nw_src/nw_dst, nw_proto, tp_dst.
   IGMP has no shorthand in 3.1's output: ``ip,...,nw_proto=2``.
 - numbers print like C's ``%#x``: ``0x1f`` but ``0``; masks only when not all-ones; IPv4
@@ -19,6 +20,7 @@ sets, so every choice below copies what OVS 3.1 prints, learned on the real vswi
 - ``controller(userdata=01)``; without userdata ``CONTROLLER:65535``; ``max_len=`` only when not
   65535. Output to a reserved port prints its name (``LOCAL``, ``IN_PORT``).
 - ``check_pkt_larger(1464)->NXM_NX_REG0[8]``: the length in decimal, the bit in NXM notation.
+- ``conjunction(7,1/2)``: id, clause and clause count in decimal, the clause 1-based.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from pipeline.model import (
     ApplyMeter,
     Bucket,
     CheckPktLarger,
+    Conjunction,
     Controller,
     Ct,
     Drop,
@@ -149,6 +152,8 @@ def render_match(match: Match, priority: int = DEFAULT_PRIORITY,
     out: list[str] = []
     if priority != DEFAULT_PRIORITY:
         out.append(f"priority={priority}")
+    if f := match.get("conj_id"):  # OVS prints it before the dl_type shorthand, in decimal
+        out.append(f"conj_id={f.value}")
     eth, proto = match.get("eth_type"), match.get("ip_proto")
     type_done = proto_done = False
     if eth is not None:
@@ -242,6 +247,8 @@ def render_action(action: Action, pipeline: Pipeline, port_names: PortNames = No
             return f"meter:{mid}"
         case CheckPktLarger(length=length, field=f):
             return f"check_pkt_larger({length})->{f.nxm}"
+        case Conjunction(conj_id=cid, clause=k, n_clauses=n):
+            return f"conjunction({cid},{k}/{n})"
     raise TypeError(f"unknown action {action!r}")
 
 

@@ -16,6 +16,9 @@ them over OpenFlow 1.5, the version the agent speaks:
   fails with OFPMMFC_INVALID_METER, and deleting a meter deletes the flows that use it (both
   checked on OVS 3.1).
 
+Which flow of a table a packet hits is OVS's classifier, conjunctive matches included
+(``classify``; the fake table supplies whether a flow matches the packet).
+
 A refused op changes nothing and raises ``SwitchError`` (in a bundle OVS then rejects the whole
 bundle). ``diff.apply_ops`` replays ops on a state with this model; ``fake_table.FakeSwitch`` is
 one, adding its install-time checks and packet counters through the ``_vet_*`` and
@@ -25,7 +28,7 @@ one, adding its install-time checks and packet counters through the ``_vet_*`` a
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from types import MappingProxyType
 from typing import TypeVar
 
@@ -33,6 +36,7 @@ from pipeline.model import (
     Action,
     ApplyMeter,
     Bucket,
+    Conjunction,
     Flow,
     Group,
     GroupAction,
@@ -58,6 +62,55 @@ class SwitchError(ValueError):
     def __init__(self, what: str, ofp_error: str | None = None) -> None:
         super().__init__(what if ofp_error is None else f"{what} ({ofp_error})")
         self.ofp_error = ofp_error
+
+
+class AmbiguousMatch(SwitchError):
+    """Two flows of the same priority both match a packet: OVS would pick one arbitrarily."""
+
+
+def _is_conjunctive(flow: Flow) -> bool:
+    return isinstance(flow.actions[0], Conjunction)  # then all are (model.Flow checks)
+
+
+def _best(table: str, hits: list[Flow], packet: str) -> Flow | None:
+    best = [f for f in hits if f.priority == max(h.priority for h in hits)]
+    if len(best) > 1:
+        raise AmbiguousMatch(f"{table}: {len(best)} flows of priority {best[0].priority} "
+                             f"match {packet}: {[f.match for f in best]}")
+    return best[0] if best else None
+
+
+def classify(table: str, flows: Collection[Flow], matches: Callable[[Flow, int], bool],
+             packet: str = "the packet") -> Flow | None:
+    """The flow of ``table`` OVS runs for a packet (None: none matches); ``matches(flow,
+    conj_id)`` says whether the packet, its conj_id field set to that, matches ``flow``.
+
+    As lib/classifier.c (checked with ``ofproto/trace`` on OVS 3.1): a plain flow wins over
+    the conjunctive flows at or below its priority. Above it, priority by priority from the
+    highest, a conjunction whose clauses all match there makes OVS look the table up again
+    with conj_id set, leaving conjunctive flows out; what that finds runs, which is the
+    ``conj_id`` flow, or the plain flow if it is higher (or the conj_id flow is missing).
+    Only when it finds nothing at all does the search go on at lower priorities.
+    """
+    hits = [f for f in flows if matches(f, 0)]
+    plain = _best(table, [f for f in hits if not _is_conjunctive(f)], packet)
+    floor = -1 if plain is None else plain.priority
+    soft = [f for f in hits if _is_conjunctive(f) and f.priority > floor]
+    for priority in sorted({f.priority for f in soft}, reverse=True):
+        clauses: dict[tuple[int, int], set[int]] = {}
+        for c in (c for f in soft if f.priority == priority for c in f.actions):
+            assert isinstance(c, Conjunction)
+            clauses.setdefault((c.conj_id, c.n_clauses), set()).add(c.clause)
+        done = sorted(cid for (cid, n), ks in clauses.items() if len(ks) == n)
+        if len(done) > 1:
+            raise AmbiguousMatch(f"{table}: conjunctions {done} of priority {priority} all "
+                                 f"match {packet}: OVS would pick one arbitrarily")
+        if done:
+            found = _best(table, [f for f in flows if not _is_conjunctive(f)
+                                  and matches(f, done[0])], packet)
+            if found is not None:
+                return found
+    return plain
 
 
 def describe(key: FlowKey) -> str:

@@ -16,6 +16,8 @@ OVS refuses in OF1.5: register loads are masked set_field actions instead.
 os-ken's OF1.5 bucket parser reads past each bucket's end (it takes following buckets for
 properties), so buckets are decoded here from the raw bytes, with os-ken's action parser.
 Nicira actions os-ken has no class for (``check_pkt_larger``) are coded in ``nxactions``.
+``conjunction(ID,K/N)`` is os-ken's NXActionConjunction, whose ``clause`` is the wire's: 0-based,
+K-1 (OVS's nx_action_conjunction; ``ovs-ofctl ofp-print`` of os-ken's bytes shows K).
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ from pipeline.model import (
     ApplyMeter,
     Bucket,
     CheckPktLarger,
+    Conjunction,
     Controller,
     Ct,
     Drop,
@@ -206,6 +209,9 @@ class Converter:
                                                   table_id=self.pipeline.table_id(table))
             case CheckPktLarger(length, field):
                 return nxactions.check_pkt_larger(length, field.oxm, field.start)
+            case Conjunction(conj_id, clause, n_clauses):
+                return ofpp.NXActionConjunction(clause=clause - 1, n_clauses=n_clauses,
+                                                id_=conj_id)
             case Ct(zone, commit, nat_src):
                 nat = []
                 if nat_src is not None:
@@ -286,6 +292,8 @@ class Converter:
                     nat_src = inner.range_ipv4_min or None
             return Ct(zone=a.zone_ofs_nbits, commit=bool(a.flags & nicira_ext.NX_CT_F_COMMIT),
                       nat_src=nat_src)
+        if isinstance(a, ofpp.NXActionConjunction):
+            return Conjunction(a.id, a.clause + 1, a.n_clauses)
         if nxactions.is_check_pkt_larger(a):
             length, field, bit = nxactions.parse_check_pkt_larger(a)
             if not (field.startswith("reg") and field[3:].isdigit()):

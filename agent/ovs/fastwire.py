@@ -48,6 +48,7 @@ from pipeline.model import (
     Action,
     ApplyMeter,
     CheckPktLarger,
+    Conjunction,
     Controller,
     Ct,
     Drop,
@@ -81,6 +82,7 @@ _OXM_FIELDS = MappingProxyType({  # name: (class, field), as os-ken's OpenFlow 1
     "ip_proto": (_OFB, 10), "ipv4_src": (_OFB, 11), "ipv4_dst": (_OFB, 12),
     "udp_dst": (_OFB, 16), "tunnel_id": (_OFB, 38), "tun_ipv4_src": (_NXM1, 31),
     "tun_ipv4_dst": (_NXM1, 32), **{f"reg{i}": (_NXM1, i) for i in range(8)},
+    "conj_id": (_NXM1, 37),
 })
 _KIND_BYTES = MappingProxyType({"8": 1, "16": 2, "32": 4, "64": 8, "ip": 4, "mac": 6})
 
@@ -118,6 +120,7 @@ _NX = "!HHIH"  # OFPAT_EXPERIMENTER, len, NX_EXPERIMENTER_ID, subtype: 10 bytes
 _RESUBMIT = struct.Struct(_NX + "HB3x")  # in_port, table_id
 _OUTPUT_REG = struct.Struct(_NX + "H4sH6x")  # ofs_nbits, src NXM header, max_len
 _CHECK_PKT_LARGER = struct.Struct(_NX + "HH4s6x")  # pkt_len, dst bit, dst NXM header
+_CONJUNCTION = struct.Struct(_NX + "BBI")  # clause (0-based), n_clauses, id
 _CONTROLLER2 = struct.Struct(_NX + "6x")  # then properties
 _C2_MAX_LEN = struct.Struct("!HHH2x")
 _C2_USERDATA = struct.Struct("!HH")
@@ -295,6 +298,10 @@ class FastEncoder:
                                               _oxm(field.oxm).plain)
             case Controller(userdata, max_len):
                 return _controller2(userdata, max_len)
+            case Conjunction(conj_id, clause, n_clauses):
+                return _CONJUNCTION.pack(ofp.OFPAT_EXPERIMENTER, 16, NX_EXPERIMENTER_ID,
+                                         nicira_ext.NXAST_CONJUNCTION, clause - 1, n_clauses,
+                                         conj_id)
             case Ct(zone, commit, nat_src):
                 return _ct(zone, commit, nat_src)
             case Drop() | GotoTable():

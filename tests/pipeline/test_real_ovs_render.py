@@ -20,8 +20,11 @@ from mcast_samples import (
     render_state,
     sample_state,
 )
+from mcast_samples import config as mc_config
+from policy_samples import sample_rules
 
 from pipeline import multicast as mc
+from pipeline import policy
 from pipeline.diff import diff
 from pipeline.model import Group, Meter, SwitchState
 from pipeline.ops import Command, GroupOp, MeterOp
@@ -114,6 +117,21 @@ def test_rendered_state_is_what_ovs_dumps(ovs_node: OvsNode, tmp_path: Path,
     state = sample_state(mode)
     load_state(ovs_node, state, tmp_path)
     assert_switch_holds(ovs_node, state)
+
+
+@pytest.mark.parametrize("mode", [mc.Mode.ENCAP, mc.Mode.NOENCAP])
+def test_policy_flows_are_what_ovs_dumps(ovs_node: OvsNode, tmp_path: Path,
+                                         mode: mc.Mode) -> None:
+    """Conjunctions and conj_id matches: OVS takes the rendered text and dumps it back; a
+    bundle that removes the rules removes exactly their flows."""
+    make_bridge(ovs_node)
+    base = sample_state(mode)
+    rules = policy.policy_flows(mc_config(mode), sample_rules())
+    state = replace(base, flows=base.flows + tuple(rules))
+    load_state(ovs_node, state, tmp_path)
+    assert_switch_holds(ovs_node, state)
+    apply_bundle(ovs_node, diff(base, state), tmp_path)
+    assert_switch_holds(ovs_node, base)
 
 
 @pytest.mark.parametrize("mode", [mc.Mode.ENCAP, mc.Mode.NOENCAP])

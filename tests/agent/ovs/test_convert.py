@@ -11,6 +11,7 @@ import shutil
 import struct
 import subprocess
 
+import policy_samples
 import pytest
 from os_ken.ofproto import nicira_ext, ofproto_parser, ofproto_protocol
 from os_ken.ofproto import ofproto_v1_5 as ofp
@@ -20,13 +21,14 @@ from agent.flowsync.switch import CookieDelete, describe
 from agent.ovs import convert as ofconvert
 from agent.ovs.buckets import MAX_GROUP_BUCKETS, BucketIdError, next_bucket_id
 from agent.ovs.convert import OF_VERSION, Converter, ConvertError, error_text
-from pipeline import layout, oversize
+from pipeline import layout, oversize, policy
 from pipeline import multicast as mc
 from pipeline.model import (
     OFPP_CONTROLLER,
     OFPP_TABLE,
     Bucket,
     CheckPktLarger,
+    Conjunction,
     Controller,
     Ct,
     Drop,
@@ -45,7 +47,15 @@ from pipeline.model import (
     SetTunnelDst,
 )
 from pipeline.ops import Command, FlowOp, GroupOp, MeterOp
-from pipeline.registers import IN_CLASS, OUT_KIND, OUT_PORT, OutKind, PortClass, RegField
+from pipeline.registers import (
+    IN_CLASS,
+    OUT_KIND,
+    OUT_PORT,
+    OVERSIZE,
+    OutKind,
+    PortClass,
+    RegField,
+)
 
 P = layout.multicast_pipeline()
 CONV = Converter(P)
@@ -102,6 +112,8 @@ ACTIONS = [
      GotoTable(layout.EGRESS_RULE)),
     (LoadReg(IN_CLASS, PortClass.POD), oversize.check(1464), GotoTable(layout.EGRESS_RULE)),
     (CheckPktLarger(0xFFFF, RegField("reg7[31..31]", 7, 31, 31)),),  # as a synthesized field
+    (Conjunction(7, 1, 2),),
+    (Conjunction(0xFFFFFFFF, 64, 64), Conjunction(0, 1, 3)),
 ]
 
 
@@ -122,6 +134,8 @@ MATCHES = [
     Match.of((IN_CLASS, PortClass.POD), (OUT_KIND, OutKind.REMOTE), eth_type=0x800),
     Match.of((OUT_PORT, 3)),
     Match.of(reg7=0xFFFFFFFF),
+    Match.of(conj_id=7, eth_type=0x800),
+    Match.of((OVERSIZE, 0), conj_id=0xFFFFFFFF, eth_type=0x800),
 ]
 
 
@@ -138,8 +152,23 @@ def test_builder_flows_round_trip() -> None:
                               max_pod_frame=1464, max_received_frame=1514)
         flows = [*mc.initial_flows(cfg), *mc.pod_flows(cfg, 4), mc.route_flow(cfg, "239.1.1.1", 5),
                  *mc.node_flows(cfg, "192.168.77.2"), mc.default_external_flow(cfg)]
+        flows += policy.policy_flows(cfg, policy_samples.sample_rules())
         for flow in flows:
             assert _round_trip_flow(flow) == flow
+
+
+def test_conjunction_bytes_are_what_ovs_encodes() -> None:
+    """os-ken's clause is the wire's, 0-based: OVS reads K-1 as clause K and writes it back
+    to the very same bytes (ovs-ofctl parse-actions prints no difference lines)."""
+    assert OFCTL is not None, "ovs-ofctl is not installed (tools/install.sh installs it)"
+    for action, text in ((Conjunction(7, 1, 2), "conjunction(7,1/2)"),
+                         (Conjunction(0xFFFFFFFF, 64, 64), "conjunction(4294967295,64/64)")):
+        buf = bytearray()
+        CONV.action_to_ofp(action).serialize(buf, 0)
+        assert len(buf) == 16 and buf[10] == action.clause - 1
+        out = subprocess.run([OFCTL, "parse-actions", "OpenFlow15"], input=buf.hex(),
+                             capture_output=True, text=True, check=True).stdout
+        assert out.strip() == f"actions={text}", out
 
 
 def test_check_pkt_larger_bytes_are_what_ovs_encodes() -> None:

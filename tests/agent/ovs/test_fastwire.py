@@ -15,15 +15,16 @@ import ipaddress
 import pytest
 from hypothesis import given, seed, settings
 from hypothesis import strategies as st
-from mcast_samples import PEER_IPS, build_state, sample_state
+from mcast_samples import PEER_IPS, build_state, config, sample_state
 from os_ken.ofproto import ofproto_v1_5 as ofp
+from policy_samples import sample_rules
 from wirecheck import CONV, P, assert_same, every_command, fast_bytes, os_ken_bytes
 
 from agent.flowsync.switch import CookieDelete
 from agent.ovs import fastwire
 from agent.ovs.convert import ConvertError
 from agent.ovs.fastwire import MAX_BUNDLED_MESSAGE, OXM, FastEncoder, OpEncoder, bundle_add
-from pipeline import layout, oversize
+from pipeline import layout, oversize, policy
 from pipeline import multicast as mc
 from pipeline.cookies import round_cookie_mask
 from pipeline.groupsplit import action_size, op_size
@@ -37,6 +38,7 @@ from pipeline.model import (
     ApplyMeter,
     Bucket,
     CheckPktLarger,
+    Conjunction,
     Controller,
     Ct,
     Drop,
@@ -93,6 +95,7 @@ FLOW_ONLY: list[tuple[Action, ...]] = [
     (LoadReg(IN_CLASS, PortClass.POD), oversize.check(1464), GotoTable(layout.EGRESS_RULE)),
     (ApplyMeter(200_000), GotoTable(layout.OUTPUT)),
     (Ct(65520, True, "192.168.77.1"), SetField("eth_src", "02:77:00:00:00:01"), Output(200)),
+    (Conjunction(7, 1, 2),), (Conjunction(0xFFFFFFFF, 64, 64), Conjunction(0, 2, 3)),
 ]
 
 
@@ -144,6 +147,8 @@ MATCHES = [
     Match((FieldMatch("ipv4_src", "10.1.2.3", "255.255.0.0"),)),  # os-ken clears the host bits
     Match((FieldMatch("reg1", 0xFF, 0x0F), FieldMatch("udp_dst", 53, 0xFFFF))),  # full mask kept
     Match((FieldMatch("tunnel_id", 1 << 63, 1 << 63), FieldMatch("tun_ipv4_dst", "0.0.0.0"))),
+    Match.of(conj_id=7, eth_type=0x800),
+    Match.of((OVERSIZE, 1), conj_id=0xFFFFFFFF, eth_type=0x800),
 ]
 
 
@@ -169,6 +174,7 @@ def _sample_states() -> list[SwitchState]:
         out += [sample_state(mode), sample_state(mode, round_=4),
                 build_state(mode, 3, (1,), groups, PEER_IPS[1:]),
                 build_state(mode, 0xFFFF, (1, 2, 3, 250), groups, PEER_IPS)]
+        out.append(SwitchState(tuple(policy.policy_flows(config(mode), sample_rules()))))
     return out
 
 
