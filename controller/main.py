@@ -1,6 +1,8 @@
 """The controller's wiring (console script ``mcast-controller``): configuration → API client →
-``Hub`` → watchers (Nodes, Namespaces, Pods) → leader election → ``MulticastGroup`` writer and
-the agent stream server; SIGTERM or SIGINT stop it all and release the Lease.
+``Hub`` → watchers (Nodes, Namespaces, Pods, MulticastPolicies, ClusterMulticastPolicies) →
+the policy computation (``controller.policy``) → leader election → ``MulticastGroup`` writer,
+policy status writer and the agent stream server; SIGTERM or SIGINT stop it all and release
+the Lease.
 
 Owns ``Controller`` (what runs, in which order, and what leadership switches on and off),
 the node set taken from Node objects (``node_info``: InternalIPs first, the first being the
@@ -31,6 +33,7 @@ import signal
 import sys
 import threading
 from collections.abc import Iterable, Iterator, Sequence
+from functools import partial
 from types import FrameType
 from typing import Any
 
@@ -44,8 +47,13 @@ from controller.config import ConfigError, ControllerConfig, load_config
 from controller.groups import GroupWriter
 from controller.hub import Hub
 from controller.leader import LeaderElector
+from controller.policy.status import StatusWriter
+from controller.policy.sync import PolicySync
+from controller.policy.validate import GROUP, PLURALS, VERSION
+from controller.policy.views import PolicyViews
 from controller.watch import Handlers, Obj, Watcher, meta
 from wire.nodes import NodeInfo
+from wire.policy import CLUSTER, NAMESPACED
 
 log = logging.getLogger("controller")
 
@@ -109,6 +117,18 @@ class Controller:
                                   timeout_seconds=watch_timeout)
         self.pods = Watcher("pods", core.list_pod_for_all_namespaces,
                             timeout_seconds=watch_timeout)
+        custom = client.CustomObjectsApi(api)
+        self.policies = Watcher("multicastpolicies", partial(
+            custom.list_cluster_custom_object, GROUP, VERSION, PLURALS[NAMESPACED]),
+            timeout_seconds=watch_timeout)
+        self.cluster_policies = Watcher("clustermulticastpolicies", partial(
+            custom.list_cluster_custom_object, GROUP, VERSION, PLURALS[CLUSTER]),
+            timeout_seconds=watch_timeout)
+        self.policy_views = PolicyViews()
+        self.policy_sync = PolicySync(self.policy_views, pods=self.pods,
+                                      namespaces=self.namespaces, policies=self.policies,
+                                      cluster_policies=self.cluster_policies)
+        self.status_writer = StatusWriter(self.policy_sync, self.policy_views, api)
         self.nodes.add_handlers(Handlers(
             on_add=lambda _: self._node_changed(), on_update=lambda _o, _n: self._node_changed(),
             on_delete=lambda _: self._node_changed(), on_synced=self._update_nodes))
@@ -126,7 +146,7 @@ class Controller:
 
     @property
     def watchers(self) -> tuple[Watcher, ...]:
-        return self.nodes, self.namespaces, self.pods
+        return self.nodes, self.namespaces, self.pods, self.policies, self.cluster_policies
 
     @property
     def leading(self) -> bool:
@@ -139,6 +159,7 @@ class Controller:
             log.warning("no node list after %.0fs: starting without one", NODE_SYNC_TIMEOUT_S)
         if self.writer is not None:
             self.writer.start()
+        self.status_writer.start()
         if self.elector is not None:
             self.elector.start()
         else:
@@ -154,6 +175,7 @@ class Controller:
             self._stopped_leading()
         if self.writer is not None:
             self.writer.stop()
+        self.status_writer.stop()
         for w in self.watchers:
             w.stop()
 
@@ -163,9 +185,11 @@ class Controller:
         self._leading.set()
         if self.writer is not None:
             self.writer.set_leading(True)
+        self.status_writer.set_leading(True)
         if self._stream_class is not None and self._stream is None:
             try:
-                self._stream = self._stream_class(self.cfg, self.hub, self.api)
+                self._stream = self._stream_class(self.cfg, self.hub, self.api,
+                                                  policies=self.policy_views)
                 self._stream.start()
             except Exception:
                 log.exception("the agent stream server did not start")
@@ -175,6 +199,7 @@ class Controller:
         self._leading.clear()
         if self.writer is not None:
             self.writer.set_leading(False)
+        self.status_writer.set_leading(False)
         stream, self._stream = self._stream, None
         if stream is not None:
             try:
@@ -224,6 +249,20 @@ class Controller:
                                          "MulticastGroup passes that failed (retried)")
             errors.add_metric([], float(self.writer.stats.errors))
             yield errors
+        policies = GaugeMetricFamily("kube_mcast_controller_policies",
+                                     "Multicast policies by validity", labels=["valid"])
+        for valid, count in sorted(self.policy_sync.validity().items()):
+            policies.add_metric([valid], float(count))
+        yield policies
+        rules = GaugeMetricFamily("kube_mcast_controller_policy_rules",
+                                  "Rules in each node's policy view", labels=["node"])
+        for node, count in sorted(self.policy_views.rule_counts().items()):
+            rules.add_metric([node], float(count))
+        yield rules
+        writes = CounterMetricFamily("kube_mcast_controller_policy_status_writes",
+                                     "Policy status writes")
+        writes.add_metric([], float(self.status_writer.stats.writes))
+        yield writes
 
 
 class _Metrics(Collector):

@@ -3,8 +3,12 @@
 Owns the server side of the protocol ``wire.stream`` describes: authentication (a bearer token
 checked with a ``TokenReview`` against the API server, successful reviews cached for a minute,
 keyed by the token's SHA-256), authorization (``node_of``: who may open which node's stream),
-the node set sent first and after every change of ``Hub.nodes()``, agents' membership reports
-handed to ``Hub.report``, and the stream metrics.
+the node set sent first and after every change of ``Hub.nodes()``, then (once the policy
+watches have synced: ``PolicyViews.synced``) the node's policy view in full and as patches after
+every change of it (debounced by ``policy_debounce_s``), agents' membership reports handed to
+``Hub.report`` and their rule counters to ``PolicyViews.report_stats`` (incoming frames are
+dispatched by ``message_type``; an unknown type closes the stream with ``CLOSE_MALFORMED``),
+and the stream metrics.
 
 Authorization: a token may open node NAME's stream, and no other, when its review says either
 - user ``system:node:NAME`` (the lab's per-node tokens; a kubelet's credentials), or
@@ -23,8 +27,8 @@ Node watcher has not listed yet), so a restarted controller never tells agents "
 A report stays in the Hub when its stream ends (the agent keeps forwarding; it re-reports on
 reconnect); a newer stream of the same node replaces an older one.
 
-May import ``controller.hub``, ``wire``, aiohttp, the official ``kubernetes`` client and
-prometheus-client.
+May import ``controller.hub``, ``controller.policy.views``, ``wire``, aiohttp, the official
+``kubernetes`` client and prometheus-client.
 """
 
 from __future__ import annotations
@@ -45,7 +49,9 @@ from kubernetes import client as k8s
 from prometheus_client import Counter, Gauge
 
 from controller.hub import Hub
+from controller.policy.views import PolicyViews
 from wire.nodes import WireError
+from wire.policy import PolicyView, diff, full_update
 from wire.stream import (
     CLOSE_BINARY,
     CLOSE_MALFORMED,
@@ -53,12 +59,17 @@ from wire.stream import (
     CLOSE_RESTART,
     HEARTBEAT_S,
     MAX_MESSAGE_BYTES,
+    MEMBERS,
     NODE_PARAM,
+    RULE_STATS,
     STREAM_PATH,
     close_reason,
+    message_type,
     node_of_user,
     nodes_message,
     parse_members_message,
+    parse_rule_stats_message,
+    policy_message,
 )
 
 log = logging.getLogger(__name__)
@@ -68,6 +79,7 @@ REVIEW_CACHE_S = 60.0
 REVIEW_TIMEOUT_S = 10.0
 REVIEW_WORKERS = 4
 START_TIMEOUT_S = 30.0
+POLICY_DEBOUNCE_S = 0.05  # a burst of view changes (one pod event, many) is one patch
 
 STREAM_CLIENTS = Gauge("kube_mcast_controller_stream_clients", "Agents with an open stream")
 STREAM_RESYNCS = Counter(
@@ -78,6 +90,14 @@ STREAM_AUTH_FAILURES = Counter(
     "kube_mcast_controller_stream_auth_failures_total",
     "Stream requests refused: unauthenticated (no or a bad token) or forbidden (not that "
     "node's token)", ["reason"],
+)
+POLICY_MESSAGES = Counter(
+    "kube_mcast_controller_policy_messages_total",
+    "Policy messages sent to agents: full views (one per stream) and patches", ["kind"],
+)
+POLICY_RULES_SENT = Gauge(
+    "kube_mcast_controller_policy_rules_sent",
+    "Rules in the policy view last sent to a node's agent", ["node"],
 )
 
 
@@ -179,6 +199,7 @@ class _Client:
     node: str
     ws: web.WebSocketResponse
     changed: asyncio.Event = field(default_factory=asyncio.Event)
+    policy_changed: bool = False
     replaced: bool = False
 
 
@@ -192,9 +213,13 @@ class StreamServer:
     ``cfg.cert_file`` is set; plain HTTP only for labs and tests)."""
 
     def __init__(self, cfg: StreamSettings, hub: Hub, api: k8s.ApiClient, *,
-                 review_ttl_s: float = REVIEW_CACHE_S, heartbeat_s: float = HEARTBEAT_S) -> None:
+                 review_ttl_s: float = REVIEW_CACHE_S, heartbeat_s: float = HEARTBEAT_S,
+                 policies: PolicyViews | None = None,
+                 policy_debounce_s: float = POLICY_DEBOUNCE_S) -> None:
         self._cfg = cfg
         self._hub = hub
+        self._policies = policies
+        self._policy_debounce_s = policy_debounce_s
         self.reviewer = TokenReviewer(api, review_ttl_s)
         self._agent_user = service_account_user(cfg.agent_service_account)
         self._heartbeat_s = heartbeat_s
@@ -204,6 +229,7 @@ class StreamServer:
         self._runner: web.AppRunner | None = None
         self._pool: ThreadPoolExecutor | None = None
         self._unsubscribe: Callable[[], None] | None = None
+        self._unsubscribe_policy: Callable[[], None] | None = None
         self.port = 0  # the bound port once started (cfg.stream_port may be 0: any free one)
 
     # -- lifecycle -----------------------------------------------------------------------------
@@ -237,9 +263,10 @@ class StreamServer:
 
     def _halt(self, timeout: float = 10.0) -> None:
         loop, self._loop = self._loop, None
-        if self._unsubscribe is not None:
-            self._unsubscribe()
-            self._unsubscribe = None
+        for cancel in (self._unsubscribe, self._unsubscribe_policy):
+            if cancel is not None:
+                cancel()
+        self._unsubscribe = self._unsubscribe_policy = None
         if loop is not None:
             loop.call_soon_threadsafe(loop.stop)
             if self._thread is not None:
@@ -274,11 +301,17 @@ class StreamServer:
             loop.call_soon_threadsafe(self._nodes_changed)
 
         self._unsubscribe = self._hub.on_nodes(changed)
+        if self._policies is not None:
+            def views_changed(nodes: frozenset[str] | None) -> None:
+                loop.call_soon_threadsafe(self._views_changed, nodes)
+
+            self._unsubscribe_policy = self._policies.on_views(views_changed)
 
     async def _close(self) -> None:
-        if self._unsubscribe is not None:
-            self._unsubscribe()
-            self._unsubscribe = None
+        for cancel in (self._unsubscribe, self._unsubscribe_policy):
+            if cancel is not None:
+                cancel()
+        self._unsubscribe = self._unsubscribe_policy = None
         for client in list(self._clients.values()):
             await client.ws.close(code=CLOSE_RESTART, message=b"controller stopping")
         if self._runner is not None:
@@ -287,6 +320,12 @@ class StreamServer:
     def _nodes_changed(self) -> None:
         for client in self._clients.values():
             client.changed.set()
+
+    def _views_changed(self, nodes: frozenset[str] | None) -> None:
+        for node, client in self._clients.items():
+            if nodes is None or node in nodes:
+                client.policy_changed = True
+                client.changed.set()
 
     # -- one agent's stream ----------------------------------------------------------------------
 
@@ -337,7 +376,7 @@ class StreamServer:
                                message=close_reason(f"replaced by a newer stream of {node}"))
         STREAM_CLIENTS.inc()
         log.info("agent stream of %s opened from %s", node, request.remote)
-        sender = asyncio.create_task(self._send_nodes(client))
+        sender = asyncio.create_task(self._send(client))
         try:
             await self._receive(client)
         finally:
@@ -354,14 +393,11 @@ class StreamServer:
             if client.replaced:
                 return
             if msg.type == WSMsgType.TEXT:
-                try:
-                    groups = parse_members_message(msg.data)
-                except WireError as e:
-                    log.warning("agent stream of %s: malformed message: %s", client.node, e)
-                    await ws.close(code=CLOSE_MALFORMED,
-                                   message=close_reason(f"malformed members message: {e}"))
+                problem = self._dispatch(client.node, msg.data)
+                if problem is not None:
+                    log.warning("agent stream of %s: %s", client.node, problem)
+                    await ws.close(code=CLOSE_MALFORMED, message=close_reason(problem))
                     return
-                self._hub.report(client.node, groups)
             elif msg.type == WSMsgType.BINARY:
                 await ws.close(code=CLOSE_BINARY,
                                message=close_reason("binary frames are not part of the protocol"))
@@ -370,9 +406,30 @@ class StreamServer:
                 log.info("agent stream of %s: %s", client.node, ws.exception())
                 return
 
-    async def _send_nodes(self, client: _Client) -> None:
-        """The node set once the Hub has one, then whenever its version moves."""
+    def _dispatch(self, node: str, text: str) -> str | None:
+        """Hand an agent's message over; what is wrong with it, or None."""
+        try:
+            kind = message_type(text)
+        except WireError as e:
+            return f"malformed message: {e}"
+        try:
+            if kind == MEMBERS:
+                self._hub.report(node, parse_members_message(text))
+            elif kind == RULE_STATS:
+                stats = parse_rule_stats_message(text)
+                if self._policies is not None:
+                    self._policies.report_stats(node, stats)
+            else:
+                return f"unknown message type {kind!r}"
+        except WireError as e:
+            return f"malformed {kind} message: {e}"
+        return None
+
+    async def _send(self, client: _Client) -> None:
+        """The node set once the Hub has one, then whenever its version moves; after it, the
+        node's policy view in full once the policy watches have synced, then its patches."""
         sent = 0
+        policy_version, sent_view = 0, PolicyView()
         try:
             while not client.ws.closed:
                 version, nodes = self._hub.nodes()
@@ -381,7 +438,20 @@ class StreamServer:
                         STREAM_RESYNCS.inc()
                     await client.ws.send_str(nodes_message(version, nodes))
                     sent = version
+                policies = self._policies
+                if sent and policies is not None and policies.synced:
+                    client.policy_changed = False
+                    _, view = policies.view(client.node)
+                    update = full_update(view) if policy_version == 0 else diff(sent_view, view)
+                    if policy_version == 0 or not update.empty():
+                        policy_version += 1
+                        await client.ws.send_str(policy_message(policy_version, update))
+                        POLICY_MESSAGES.labels("full" if update.full else "patch").inc()
+                        POLICY_RULES_SENT.labels(client.node).set(len(view.rules))
+                        sent_view = view
                 await client.changed.wait()
                 client.changed.clear()
+                if client.policy_changed and policy_version:
+                    await asyncio.sleep(self._policy_debounce_s)  # let a burst settle
         except (ConnectionError, RuntimeError) as e:  # the peer went away mid-send
             log.debug("agent stream of %s: send failed: %s", client.node, e)

@@ -372,9 +372,10 @@ def test_successful_token_reviews_are_cached(env: Env) -> None:
 
 
 @pytest.mark.parametrize(("frame", "code", "reason"), [
-    ("not json", 1007, "malformed members message: not JSON: Expecting value"),
-    ('{"type": "hello"}', 1007, "malformed members message: type: expected 'members', got "
-                                "'hello'"),
+    ("not json", 1007, "malformed message: not JSON: Expecting value"),
+    ('{"type": "hello"}', 1007, "unknown message type 'hello'"),
+    ('{"type": "ruleStats", "rules": [{"key": {}}]}', 1007,
+     "malformed ruleStats message: rules[0].key.scope: None is not one of"),
     ('{"type": "members", "groups": [{"group": "10.1.1.1", "pods": []}]}', 1007,
      "malformed members message: groups[0].group: 10.1.1.1 is not a multicast address"),
     (b"\x00binary", 1003, "binary frames are not part of the protocol"),

@@ -24,7 +24,17 @@ from typing import Any
 
 import pytest
 
-from tools.bench import baselines, common, hostile, joinlat, plots, ratios, throughput
+from tools.bench import (
+    baselines,
+    common,
+    hostile,
+    joinlat,
+    plots,
+    policy,
+    ratios,
+    report,
+    throughput,
+)
 from tools.mclab import netns
 
 REPO = Path(__file__).resolve().parents[2]
@@ -357,3 +367,17 @@ def test_plots_are_written_with_or_without_data(tmp_path: Path, complete: bool) 
     assert set(written) == set(plots.NAMES)
     for name in written.values():
         assert name.startswith("latest-") and (tmp_path / name).stat().st_size > 1000
+
+
+def test_the_policy_scenario_reports_its_figures_at_the_quick_size() -> None:
+    """The ``policy`` section (pure, no lab) at its quick size: every figure is there, for each
+    size of the growth; nothing about speed."""
+    sec = policy.run(policy.QUICK_SIZE)
+    assert [g["pods"] for g in sec["growth"]] == [100, 200, 400]
+    for g in sec["growth"]:
+        for k in ("full_s", "pod_label_change_ms", "policy_change_ms", "validate_ms"):
+            _num(g, k)
+        assert g["views"] >= 1 and g["rules_sent_total"] > 0 and g["groups"] > 0
+    assert sec["full"] == sec["growth"][-1]
+    lines = report.summary_lines({"meta": {}, "policy": sec})
+    assert any(line.startswith("[7] policy computation (400 pods") for line in lines)

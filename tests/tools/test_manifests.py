@@ -101,8 +101,8 @@ def one(rel: str, kind: str) -> dict[str, Any]:
 def test_the_manifests_are_the_expected_set() -> None:
     assert manifest_files() == [
         "agent-config.yaml", "agent-daemonset.yaml", "controller-config.yaml", "controller.yaml",
-        "multicastgroup-crd.yaml", "multus/agent-daemonset.yaml", "multus/example-pod.yaml",
-        "multus/kube-mcast-nad.yaml", "uninstall.yaml",
+        "multicastgroup-crd.yaml", "multicastpolicy-crd.yaml", "multus/agent-daemonset.yaml",
+        "multus/example-pod.yaml", "multus/kube-mcast-nad.yaml", "uninstall.yaml",
     ]
 
 
@@ -435,16 +435,20 @@ def test_the_agent_gets_a_bound_token_and_the_controllers_ca(rel: str) -> None:
 # where: "cluster", or "lease" (the Lease, in leaderElection.leaseNamespace, by name). A call
 # missing here fails test_the_controllers_rbac_covers_every_api_call_of_its_code.
 MCG = (controller_groups.GROUP, controller_groups.PLURAL)
+MCP, CMCP = "multicastpolicies", "clustermulticastpolicies"
 CONTROLLER_CALLS: dict[str, list[tuple[str, str, str, str]]] = {
     # controller.watch: list, then watch from the list's resourceVersion
     "list_node": [("", "nodes", v, "cluster") for v in ("list", "watch")],
     "list_namespace": [("", "namespaces", v, "cluster") for v in ("list", "watch")],
     "list_pod_for_all_namespaces": [("", "pods", v, "cluster") for v in ("list", "watch")],
     "create_token_review": [("authentication.k8s.io", "tokenreviews", "create", "cluster")],
-    "list_cluster_custom_object": [(*MCG, "list", "cluster")],
+    "list_cluster_custom_object": [(*MCG, "list", "cluster")] + [
+        (MCG[0], r, v, "cluster") for r in (MCP, CMCP) for v in ("list", "watch")],
     "create_cluster_custom_object": [(*MCG, "create", "cluster")],
     "delete_cluster_custom_object": [(*MCG, "delete", "cluster")],
-    "patch_cluster_custom_object_status": [(MCG[0], f"{MCG[1]}/status", "patch", "cluster")],
+    "patch_cluster_custom_object_status": [(MCG[0], f"{MCG[1]}/status", "patch", "cluster"),
+                                           (MCG[0], f"{CMCP}/status", "patch", "cluster")],
+    "patch_namespaced_custom_object_status": [(MCG[0], f"{MCP}/status", "patch", "cluster")],
     "read_namespaced_lease": [("coordination.k8s.io", "leases", "get", "lease")],
     "replace_namespaced_lease": [("coordination.k8s.io", "leases", "update", "lease")],
     "create_namespaced_lease": [("coordination.k8s.io", "leases", "create", "lease")],
@@ -452,7 +456,7 @@ CONTROLLER_CALLS: dict[str, list[tuple[str, str, str, str]]] = {
 # granted beyond the calls: reading the objects the controller watches (get/list/watch, as
 # the kube-controller-manager's roles do)
 CONTROLLER_EXTRAS = {("", r, "get") for r in ("nodes", "namespaces", "pods")} | {
-    (*MCG, "get")}
+    (*MCG, "get"), (MCG[0], MCP, "get"), (MCG[0], CMCP, "get")}
 
 
 def api_methods() -> set[str]:
@@ -709,7 +713,7 @@ def test_readme_install_and_uninstall_on_the_lab_api_server(kubectl: LabKubectl,
 def test_every_manifest_applies_with_kubectl_and_is_listed(kubectl: LabKubectl) -> None:
     """Each file on its own (in an order that puts the namespace and CRDs first), twice: the
     second apply changes nothing."""
-    first = ["agent-daemonset.yaml", "multicastgroup-crd.yaml"]
+    first = ["agent-daemonset.yaml", "multicastgroup-crd.yaml", "multicastpolicy-crd.yaml"]
     files = first + [f for f in manifest_files() if f not in first]
     for rel in files:  # (multus/agent-daemonset.yaml reconfigures the chained DaemonSet)
         out = kubectl("apply", "-f", f"manifests/{rel}").splitlines()
@@ -726,3 +730,91 @@ def test_every_manifest_applies_with_kubectl_and_is_listed(kubectl: LabKubectl) 
     deployed = json.loads(kubectl("get", "deploy", "kube-mcast-controller", "-n", NAMESPACE,
                                   "-o", "json"))
     assert deployed["spec"]["replicas"] == 2
+
+
+# -- the policy CRDs -----------------------------------------------------------------------------
+
+
+def test_policy_crds_names_columns_and_status() -> None:
+    crds = {d["spec"]["names"]["kind"]: d for d in docs("multicastpolicy-crd.yaml")}
+    assert set(crds) == {"MulticastPolicy", "ClusterMulticastPolicy"}
+    for kind, scope, short in (("MulticastPolicy", "Namespaced", "mcp"),
+                               ("ClusterMulticastPolicy", "Cluster", "cmcp")):
+        spec = crds[kind]["spec"]
+        assert spec["scope"] == scope and spec["names"]["shortNames"] == [short]
+        assert spec["group"] == "multicast.kube-mcast.io"
+        (version,) = spec["versions"]
+        assert version["name"] == "v1alpha1" and version["subresources"] == {"status": {}}
+        assert [c["name"] for c in version["additionalPrinterColumns"]] == [
+            "PRIORITY", "VALID", "AGE"]
+        schema = version["schema"]["openAPIV3Schema"]["properties"]
+        s = schema["spec"]
+        assert s["required"] == ["priority", "appliedTo"]
+        assert (s["properties"]["priority"]["minimum"], s["properties"]["priority"]["maximum"]) \
+            == (1, 10000)
+        egress = s["properties"]["egress"]["items"]["properties"]
+        ingress = s["properties"]["ingress"]["items"]["properties"]
+        assert egress["action"]["enum"] == ["Allow", "Drop"]
+        assert egress["protocols"]["items"]["properties"]["igmp"]["properties"]["igmpType"][
+            "enum"] == [0x12, 0x16, 0x17, 0x22]
+        assert ingress["protocols"]["items"]["properties"]["igmp"]["properties"]["igmpType"][
+            "enum"] == [0x11]
+        assert "from" not in egress and "sources" not in egress and "to" not in ingress
+        applied = s["properties"]["appliedTo"]["items"]["properties"]
+        assert ("namespaceSelector" in applied) == (kind == "ClusterMulticastPolicy")
+        assert set(schema["status"]["properties"]) == {"conditions", "ruleStats"}
+
+
+def test_policies_apply_with_kubectl_and_print_their_columns(kubectl: LabKubectl) -> None:
+    kubectl("apply", "-f", "manifests/multicastpolicy-crd.yaml")
+    kubectl("wait", "--for", "condition=established", "--timeout", "10s",
+            "crd/multicastpolicies.multicast.kube-mcast.io",
+            "crd/clustermulticastpolicies.multicast.kube-mcast.io")
+    kubectl("create", "namespace", "trading")
+    issue_example = """
+apiVersion: multicast.kube-mcast.io/v1alpha1
+kind: MulticastPolicy
+metadata: {name: feed-guard, namespace: trading}
+spec:
+  priority: 10
+  appliedTo:
+    - podSelector: {matchLabels: {app: reader}}
+  egress:
+    - name: allow-feed-a
+      action: Allow
+      to: [{ipBlock: {cidr: 239.1.1.0/24}}]
+      ports: [{protocol: UDP, port: 5000}]
+    - name: no-joins-outside-a
+      action: Drop
+      protocols: [{igmp: {igmpType: 0x16, groupAddress: 239.2.0.1}}]
+  ingress:
+    - name: allow-queries
+      action: Allow
+      protocols: [{igmp: {igmpType: 0x11, groupAddress: 224.0.0.1}}]
+    - name: only-trusted-senders
+      action: Drop
+      from: [{ipBlock: {cidr: 239.1.1.0/24}}]
+      sources:
+        - podSelector: {matchLabels: {role: untrusted}}
+        - ipBlock: {cidr: 192.168.0.0/16}
+---
+apiVersion: multicast.kube-mcast.io/v1alpha1
+kind: ClusterMulticastPolicy
+metadata: {name: allow-list}
+spec:
+  priority: 9000
+  appliedTo: [{namespaceSelector: {}}]
+  egress: [{action: Drop, to: [{ipBlock: {cidr: 224.0.0.0/4}}]}]
+"""
+    out = kubectl("apply", "-f", "-", stdin=issue_example)
+    assert "multicastpolicy.multicast.kube-mcast.io/feed-guard created" in out
+    kubectl("patch", "mcp", "feed-guard", "-n", "trading", "--subresource=status", "--type",
+            "merge", "-p", json.dumps({"status": {"conditions": [
+                {"type": "Valid", "status": "True", "reason": "Valid", "message": "",
+                 "lastTransitionTime": "2026-01-01T00:00:00Z"}]}}))
+    lines = kubectl("get", "mcp", "-n", "trading").splitlines()
+    assert lines[0].split() == ["NAME", "PRIORITY", "VALID", "AGE"]
+    assert lines[1].split()[:3] == ["feed-guard", "10", "True"]  # VALID: a JSONPath filter
+    assert kubectl("get", "cmcp").splitlines()[1].split()[:2] == ["allow-list", "9000"]
+    got = yaml.safe_load(kubectl("get", "mcp", "feed-guard", "-n", "trading", "-o", "yaml"))
+    assert got["spec"]["egress"][1]["protocols"][0]["igmp"]["igmpType"] == 0x16

@@ -10,7 +10,9 @@ Sections, in the order they run:
 5. ``baselines``: the same join latency and single-node delivery measured on OVS's own IGMP
    snooping and on a Linux bridge with snooping (``baselines.py``);
 6. ``hostile``: issue 11's figures: a pod's IGMP flood, IGMPv3 burst and spoofed datagrams
-   against the agent and the other pods, on 1-node labs of its own (``hostile.py``).
+   against the agent and the other pods, on 1-node labs of its own (``hostile.py``);
+7. ``policy``: the controller's policy computation at 5,000 pods / 500 policies / 100 nodes
+   (quick: 400 / 40 / 10), one pod label change, one policy change, growth (``policy.py``).
 
 Sections 2, 3 (single node) and 4 share one ``mclab up --nodes 1`` lab; the anchors' beds come
 up after it is gone, then the cross-node part brings up a 3-node lab, and ``hostile`` its own
@@ -45,6 +47,7 @@ from tools.bench import (
     hostile,
     joinlat,
     plots,
+    policy,
     programming,
     ratios,
     report,
@@ -62,7 +65,8 @@ SCALE_AGENT_CONFIG = {"multicast": {
 }}
 """The shared one-node lab measures speed and scale, not protection: one pod joins 10k groups
 (20k reports) there, past the default caps and punt rate (the hostile section keeps those)."""
-SECTIONS = ("programming", "join_latency", "throughput", "agent_scale", "baselines", "hostile")
+SECTIONS = ("programming", "join_latency", "throughput", "agent_scale", "baselines", "hostile",
+            "policy")
 
 
 @dataclass(frozen=True)
@@ -89,13 +93,14 @@ class Plan:
     burst_reports: int = 3000
     burst_query_interval: str = "5s"
     spoof_per_kind: int = 100
+    policy_size: tuple[int, int, int] = policy.FULL_SIZE  # pods, policies, nodes
 
 
 QUICK = Plan(prog_sizes=(250, 1000), prog_changes=20, join_reps=10, tp_duration_s=1.0,
              tp_reps=1, scale_groups=500, scale_entries=2000, scale_idle_s=1.5,
              scale_timeout_s=60, scale_cycles=1, tp_control=False, flood_s=3.0,
              flood_join_after_s=1.0, burst_reports=1000, burst_query_interval="3s",
-             spoof_per_kind=50)
+             spoof_per_kind=50, policy_size=policy.QUICK_SIZE)
 FULL = Plan(prog_sizes=(1000, 10_000), prog_changes=100, join_reps=30, tp_duration_s=3.0,
             tp_reps=3, scale_groups=1000, scale_entries=10_000, scale_idle_s=5.0,
             scale_timeout_s=300, scale_cycles=2, tp_control=True)
@@ -181,6 +186,8 @@ def run_all(plan: Plan, mode: str, wanted: set[str], settle_s: float = 0.0) -> d
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
     _lab_sections(run, results, wanted)
+    if "policy" in wanted:
+        _guarded(run, results, "policy", lambda: policy.run(plan.policy_size))
     results["ratios"] = ratios.compute(results)
     results["meta"]["duration_s"] = round(time.time() - started, 1)
     results["meta"]["host_after"] = report.load_now(run.marker)

@@ -249,6 +249,11 @@ def _hostile(sec: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _policy(sec: dict[str, Any]) -> list[str]:
+    from tools.bench.policy import summary_lines as policy_lines  # (it imports the controller)
+    return policy_lines(sec)
+
+
 def summary_lines(results: dict[str, Any]) -> list[str]:
     meta = results.get("meta", {})
     host = _g(meta, "environment", "host", default={})
@@ -259,7 +264,8 @@ def summary_lines(results: dict[str, Any]) -> list[str]:
              "other ovs-vswitchd running"]
     for key, fmt in (("programming", _programming), ("join_latency", _join),
                      ("throughput", _throughput), ("agent_scale", _scale),
-                     ("baselines", _baselines), ("hostile", _hostile)):
+                     ("baselines", _baselines), ("hostile", _hostile),
+                     ("policy", _policy)):
         sec = results.get(key)
         if sec is None:
             continue

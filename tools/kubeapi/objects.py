@@ -312,9 +312,10 @@ def decode_protobuf(body: bytes) -> Obj:
         raise unsupported from exc
 
 
-# -- simple JSONPath (printer columns, selectable fields): .a.b[0].c ----------------------------
+# -- simple JSONPath (printer columns, selectable fields): .a.b[0].c[?(@.type=="Valid")].d ------
 
-_STEP_RE = re.compile(r"\.([^.\[\]]+)|\[(\d+)\]")
+_STEP_RE = re.compile(r"\.([^.\[\]]+)|\[(\d+)\]"
+                      r"|\[\?\(@\.([^=!<>\s]+)\s*==\s*[\"']([^\"']*)[\"']\)\]")
 
 
 def lookup(obj: Any, path: str) -> Any:
@@ -329,6 +330,10 @@ def lookup(obj: Any, path: str) -> Any:
         pos = m.end()
         if m.group(1) is not None:
             cur = cur.get(m.group(1)) if isinstance(cur, dict) else None
+        elif m.group(3) is not None:  # a filter, as printer columns use on conditions
+            found = [x for x in cur if isinstance(x, dict)
+                     and str(x.get(m.group(3))) == m.group(4)] if isinstance(cur, list) else []
+            cur = found[0] if found else None
         else:
             idx = int(m.group(2))
             cur = cur[idx] if isinstance(cur, list) and idx < len(cur) else None

@@ -41,6 +41,7 @@ STREAM_PORT = 10349
 START_TIMEOUT = 30.0
 REPO = Path(__file__).resolve().parents[2]
 CRD = REPO / "manifests" / "multicastgroup-crd.yaml"
+POLICY_CRD = REPO / "manifests" / "multicastpolicy-crd.yaml"
 SYSTEM_NAMESPACE = "kube-mcast"
 
 
@@ -179,9 +180,11 @@ def start(lab: st.LabState, node_names: list[str]) -> None:
     _kubeconfig(f"http://127.0.0.1:{port}", admin, kubeconfig_path())
     _kubeconfig(f"http://{CP_IP}:{API_PORT}", admin, d / "controller.kubeconfig")
     _wait_api(fwd)
-    kubectl("apply", "-f", str(CRD))
+    kubectl("apply", "-f", str(CRD), "-f", str(POLICY_CRD))
     kubectl("wait", "--for", "condition=established", "--timeout", "30s",
-            "crd/multicastgroups.multicast.kube-mcast.io")
+            "crd/multicastgroups.multicast.kube-mcast.io",
+            "crd/multicastpolicies.multicast.kube-mcast.io",
+            "crd/clustermulticastpolicies.multicast.kube-mcast.io")
     ensure_namespace(SYSTEM_NAMESPACE)
 
     _self_signed(d / "stream.crt", d / "stream.key")
