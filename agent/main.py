@@ -24,7 +24,7 @@ import threading
 import time
 from types import FrameType
 
-from prometheus_client import start_http_server
+from prometheus_client import REGISTRY, start_http_server
 from pyroute2 import IPRoute
 
 from agent.api.server import LocalApiServer
@@ -34,6 +34,7 @@ from agent.controllerlink import ControllerLink
 from agent.flowsync.reconciler import Reconciler
 from agent.multicast.collector import register_collector
 from agent.multicast.core import MulticastCore
+from agent.multicast.policy.metrics import PolicyCollector
 from agent.ovs.ovsdb import Ovsdb
 from agent.ovs.podports import OvsdbPodPorts
 from agent.ovs.switch import OpenFlowSwitch
@@ -160,6 +161,7 @@ class Agent:
         if cfg.metrics_port:
             start_http_server(cfg.metrics_port)
             register_collector(core.members, core.pod_stats, core.punt_drops, core.oversized)
+            REGISTRY.register(PolicyCollector(core.policy_counts))
         self.api = LocalApiServer(cfg.api_socket, AgentService(core, self.switch, self.pipeline,
                                                                  self.pod_mtu))
         self.api.start()

@@ -84,6 +84,9 @@ class AgentClient:
     def flows(self) -> list[str]:
         return list(self._call("GET", "/v1/flows")["flows"])
 
+    def policy_stats(self) -> list[dict[str, Any]]:
+        return list(self._call("GET", "/v1/policystats")["rules"])
+
     def set_nodes(self, nodes: Iterable[NodeInfo]) -> None:
         self._call("PUT", "/v1/nodes", nodes_to_json(nodes))
 

@@ -47,6 +47,7 @@ class _Handler(BaseHTTPRequestHandler):
         "/v1/members": {"GET": "_members"},
         "/v1/stats/pods": {"GET": "_pod_stats"},
         "/v1/flows": {"GET": "_flows"},
+        "/v1/policystats": {"GET": "_policy_stats"},
         "/v1/nodes": {"PUT": "_set_nodes"},
         "/v1/podnetwork": {"GET": "_pod_network"},
     }
@@ -120,6 +121,9 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _flows(self, api: AgentApi) -> tuple[int, Any]:
         return 200, {"flows": api.flows()}
+
+    def _policy_stats(self, api: AgentApi) -> tuple[int, Any]:
+        return 200, {"rules": api.policy_stats()}
 
     def _pod_network(self, api: AgentApi) -> tuple[int, Any]:
         return 200, api.pod_network().to_json()

@@ -74,6 +74,16 @@ class AgentService:
                              "igmpRate": s.igmp_dropped, "oversized": s.oversized}}
                 for s in self._core.pod_stats()]
 
+    def policy_stats(self) -> list[dict[str, Any]]:
+        """Every rule the node enforces with its counters (IGMP rules: judged messages and
+        v3 records; data rules: packets their metric flow saw), in rule key order."""
+        return [{"scope": c.rule.key.scope, "namespace": c.rule.key.namespace,
+                 "policy": c.rule.key.policy, "direction": c.rule.key.direction,
+                 "index": c.rule.key.index, "rule": c.rule.name, "action": c.rule.action,
+                 "kind": "igmp" if c.rule.is_igmp else "data",
+                 "packets": c.packets, "bytes": c.bytes}
+                for c in self._core.policy_counts()]
+
     def flows(self) -> list[str]:
         """What is on the switch now, as ovs-ofctl text (groups first)."""
         state = self._switch.dump()

@@ -3,8 +3,9 @@
 Owns every frame the agent originates. Peers learn our local membership from IGMPv3 reports
 sent through the tunnel (encap mode), the upstream router from the same reports out the uplink
 (we are an IGMP proxy, RFC 4605); a group is announced when it gains its first local member and
-withdrawn when it loses its last. Queries go to every local pod through the query group, or
-through the tunnel to one node. A frame the switch cannot take now (disconnected) is lost like
+withdrawn when it loses its last. Queries go to every local pod through the query group, or,
+while ingress policy filters queries, to the pods it allows (one output each; ``query_ports``),
+or through the tunnel to one node. A frame the switch cannot take now (disconnected) is lost like
 any packet on a down link: queries and refreshes repeat on their own.
 """
 
@@ -16,7 +17,13 @@ from collections.abc import Callable, Iterable, Sequence
 
 from agent.flowsync.switch import Switch, SwitchDisconnected
 from agent.multicast.igmp.membership import Membership
-from agent.multicast.igmp.packets import GroupRecord, RecordType, build_query, build_v3_reports
+from agent.multicast.igmp.packets import (
+    ALL_HOSTS,
+    GroupRecord,
+    RecordType,
+    build_query,
+    build_v3_reports,
+)
 from pipeline.model import OFPP_CONTROLLER, OFPP_TABLE, Action, Output, SetTunnelDst
 from pipeline.multicast import BridgeConfig, Mode
 
@@ -27,6 +34,11 @@ TUNNEL_OVERHEAD = 100
 """Room for the outer headers of a report sent through the tunnel (VXLAN 50, Geneve 50+opts)."""
 GENERAL_QUERY = "0.0.0.0"
 LINK_LOCAL = ipaddress.IPv4Network("224.0.0.0/24")
+QUERY_SIZE = {1: 8, 2: 8, 3: 12}  # bytes of the IGMP query we build (no sources), by version
+
+QueryPorts = Callable[[str, int], "list[int] | None"]
+"""(the query's group address: 224.0.0.1 for a general one, its IGMP size) -> the pod ports it
+may reach, or None for every pod."""
 
 
 class Announcer:
@@ -34,7 +46,7 @@ class Announcer:
 
     def __init__(self, bridge: BridgeConfig, switch: Switch, local: Membership,
                  peers: Callable[[], list[str]], versions: Sequence[int], robustness: int,
-                 query_interval_s: float) -> None:
+                 query_interval_s: float, query_ports: QueryPorts | None = None) -> None:
         self._bridge = bridge
         self._switch = switch
         self._local = local
@@ -43,6 +55,7 @@ class Announcer:
         self._robustness = robustness
         self._query_interval_s = query_interval_s
         self._announced: set[str] = set()
+        self._query_ports = query_ports
 
     # -- reports --------------------------------------------------------------------------------
 
@@ -109,9 +122,16 @@ class Announcer:
 
     def query_pods(self, group: str = GENERAL_QUERY, version: int | None = None,
                    max_resp_s: float = 1.0) -> None:
-        """A query to every local pod: through the tables, where the query group floods it."""
+        """A query to every local pod: through the tables, where the query group floods it;
+        while policy filters queries, straight to each pod it allows (none: nothing sent)."""
+        version = version or self._version
         frame = self._query(group, version, max_resp_s)
-        self._send(frame, (Output(OFPP_TABLE),), in_port=OFPP_CONTROLLER)
+        ports = None if self._query_ports is None else self._query_ports(
+            ALL_HOSTS if group == GENERAL_QUERY else group, QUERY_SIZE[version])
+        if ports is None:
+            self._send(frame, (Output(OFPP_TABLE),), in_port=OFPP_CONTROLLER)
+        elif ports:
+            self._send(frame, tuple(Output(p) for p in ports), in_port=OFPP_CONTROLLER)
 
     def query_node(self, node_ip: str) -> None:
         """A general query through the tunnel to one node, which answers with its membership."""

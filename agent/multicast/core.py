@@ -4,9 +4,12 @@ Owns the order of things when something happens: a pod attaches or goes, the nod
 IGMP arrives from a pod, a peer node or upstream, or a timer falls due. Each event updates the
 membership tables (``agent.multicast.igmp``, pure), then the groups it changed
 (``GroupReplication``), then flushes the reconciler and lets the ``Announcer`` tell peers and
-upstream. One lock serialises every event, so handlers may run on the switch's event thread,
-API threads and the timer thread alike. The core never sleeps: ``next_deadline`` says when
-``tick`` has work, and ``wake`` is called when an event may have moved that time earlier.
+upstream. Multicast policy (``agent.multicast.policy``) is consulted where reports from pods
+are applied and queries to pods are sent, and its data rules follow pods and the controller's
+view in the same bundles. One lock serialises every event, so handlers may run on the switch's
+event thread, API threads and the timer thread alike. The core never sleeps: ``next_deadline``
+says when ``tick`` has work, and ``wake`` is called when an event may have moved that time
+earlier.
 
 Errors it raises are the domain's (``AttachConflict``); the local API maps them to statuses.
 """
@@ -41,6 +44,7 @@ from agent.multicast.igmp.packets import (
 )
 from agent.multicast.igmp.querier import Querier
 from agent.multicast.oversize import OversizeLog
+from agent.multicast.policy.enforcer import PolicyEnforcer, RuleCount
 from agent.multicast.restore import restore_members
 from agent.multicast.stats import PodStats, pod_stats
 from pipeline.cookies import Feature, feature_cookie_mask
@@ -48,6 +52,7 @@ from pipeline.model import SwitchState
 from pipeline.multicast import BridgeConfig, PuntReason
 from pipeline.oversize import count_meter_id
 from wire.nodes import NodeInfo
+from wire.policy import PolicyUpdate, RuleStats
 
 log = logging.getLogger(__name__)
 
@@ -103,8 +108,10 @@ class MulticastCore:
         self.pods = InterfaceStore()
         self._nodes: dict[str, str] = {}  # other nodes: name -> tunnel IP
         self.groups = GroupReplication(bridge, reconciler, self.pods, self.local, self.remote)
+        self.policy = PolicyEnforcer(bridge, reconciler, switch)
         self.announcer = Announcer(bridge, switch, self.local, self.node_ips,
-                                   cfg.query_versions, cfg.robustness, cfg.query_interval_s)
+                                   cfg.query_versions, cfg.robustness, cfg.query_interval_s,
+                                   query_ports=self._query_ports)
         self._querier = Querier.from_timers(timers, cfg.query_versions, start_s=clock())
         self.limits = cfg.limits
         self._pending: set[str] = set()  # groups whose members changed, not yet rebuilt
@@ -128,6 +135,7 @@ class MulticastCore:
             self._rec.set(Feature.PIPELINE, "", fw.pipeline_state(self.bridge))
             for pod in existing_pods:
                 self._add_pod(pod)
+            self.policy.sync(self._pod_ports())
             if found is not None:
                 restored = restore_members(self._clock(), found, self.pods, self.local,
                                            self.remote, self.groups)
@@ -155,10 +163,12 @@ class MulticastCore:
             pod = PodInfo(**{**req.__dict__, "ofport": ofport})
             try:
                 self._add_pod(pod)
+                self.policy.sync(self._pod_ports())  # the pod's rules, in the same bundle
                 self._set_query_group()
                 self._rec.flush()
             except Exception:
                 self._remove_pod(req.container_id)
+                self.policy.sync(self._pod_ports())
                 self._ports.del_port(req.host_ifname)
                 raise
             log.info("pod %s attached on port %d", pod.ref, ofport)
@@ -170,6 +180,9 @@ class MulticastCore:
             if pod is None:
                 return
             changed = self._remove_pod(container_id)
+            self.policy.sync(self._pod_ports())
+            if pod.ref not in self._pod_ports():
+                self.policy.forget_pod(pod.ref)
             self._membership_version += 1
             self._set_query_group()
             self.groups.sync(changed)
@@ -198,6 +211,13 @@ class MulticastCore:
             return set()
         self._rec.remove(Feature.POD, container_id)
         return self.local.remove_member(container_id)
+
+    def _pod_ports(self) -> dict[str, list[int]]:
+        """``namespace/name`` -> its ports (a pod being replaced may briefly have two)."""
+        out: dict[str, list[int]] = {}
+        for pod in self.pods:
+            out.setdefault(pod.ref, []).append(pod.ofport)
+        return out
 
     def _set_query_group(self) -> None:
         self._rec.set(Feature.IGMP, QUERY_KEY, fw.query_state(self.pods.ports()))
@@ -244,6 +264,36 @@ class MulticastCore:
     def node_names(self) -> list[str]:
         with self._lock:
             return sorted(self._nodes)
+
+    # ------------------------------------------------------------------ policy
+
+    def set_policy(self, update: PolicyUpdate) -> None:
+        """The controller's policy update, applied to the view and enforced at once.
+
+        Memberships the new view would no longer let a pod report end now (not when they age
+        out): a dropped report means no membership."""
+        with self._lock:
+            self.policy.set_view(self.policy.view.apply(update), self._pod_ports())
+            now = self._clock()
+            for cid, group in self.policy.denied(
+                    (m, p.ref, g) for g in self.local.groups() for m in self.local.members(g)
+                    if (p := self.pods.get(str(m))) is not None):
+                self._pending |= self.local.apply(now, cid, LeaveV2(group), fast_leave=True)
+            self.settle()
+        self._wake()
+
+    def rule_stats(self) -> list[RuleStats]:
+        """Cumulative counters of every rule this node enforces (for the controller)."""
+        with self._lock:
+            return self.policy.rule_stats()
+
+    def policy_counts(self) -> list[RuleCount]:
+        with self._lock:
+            return self.policy.counts()
+
+    def _query_ports(self, address: str, size: int) -> list[int] | None:
+        """Which pods a query to ``address`` may reach (None: all, by the query group)."""
+        return self.policy.query_ports(((p.ref, p.ofport) for p in self.pods), address, size)
 
     # ------------------------------------------------------------------ IGMP packet-ins
 
@@ -307,6 +357,10 @@ class MulticastCore:
             return "unknown_port"
         if not isinstance(msg, ReportV1 | ReportV2 | LeaveV2 | ReportV3):
             return "ignored"  # pods are hosts: their queries are not ours to act on
+        judged = self.policy.judge_report(pod.ref, msg)
+        if judged is None:
+            return "dropped_by_policy"  # no membership: no delivery, not reported
+        msg = judged
         cap = check_report(self.limits, msg, self.local.filters_of(pod.container_id),
                            self._node_has_group, self._node_group_count)
         if cap is not None:
@@ -380,6 +434,9 @@ class MulticastCore:
                 args = self._querier.query_args()
                 self.announcer.query_pods(version=args.version, max_resp_s=args.max_resp_s)
                 self._querier.sent(now)
+                for member in self.policy.kept_from_queries((p.ref, p.container_id)
+                                                            for p in self.pods):
+                    self.local.hold(now, member)  # cannot refresh: not aged out for it
             if now >= self._next_refresh:
                 self._next_refresh = now + self.cfg.query_interval_s
                 self.announcer.full_report()

@@ -85,3 +85,43 @@ def test_podmulticaststats_wide_adds_oversized_after_the_other_drops() -> None:
     # an agent that does not report oversized drops leaves the column empty
     del row["dropped"]["oversized"]
     assert _podstats([row], "-o", "wide")[1] == ["default", "p1", "1", "2", "3", "4", "5"]
+
+
+class _Rules:
+    """An agent client double answering GET /v1/policystats."""
+
+    def __init__(self, rows: list[dict]) -> None:
+        self.rows = rows
+
+    def policy_stats(self) -> list[dict]:
+        return [dict(r) for r in self.rows]
+
+
+def _policystats(rows: list[dict], *argv: str) -> str:
+    from tools.mcctl.cli import RESOURCES, build_parser
+
+    args = build_parser().parse_args(["get", "policystats", *argv])
+    return RESOURCES["policystats"](_Rules(rows), args)  # type: ignore[arg-type]
+
+
+def test_policystats_columns_one_row_per_rule_cluster_scoped_as_dash() -> None:
+    def row(ns: str, policy: str, direction: str, index: int, rule: str, action: str,
+            packets: int) -> dict:
+        return {"scope": "namespaced" if ns else "cluster", "namespace": ns, "policy": policy,
+                "direction": direction, "index": index, "rule": rule, "action": action,
+                "kind": "data", "packets": packets, "bytes": packets * 100}
+
+    rows = [row("trading", "feed-guard", "egress", 1, "drop-g2", "Drop", 10),
+            row("trading", "feed-guard", "egress", 0, "allow-g3", "Allow", 10),
+            row("", "cluster-wide", "ingress", 0, "no-queries", "Drop", 2)]
+    lines = [line.split() for line in _policystats(rows).splitlines()]
+    assert lines == [["NAMESPACE", "POLICY", "RULE", "ACTION", "PACKETS", "BYTES"],
+                     ["-", "cluster-wide", "no-queries", "Drop", "2", "200"],
+                     ["trading", "feed-guard", "allow-g3", "Allow", "10", "1000"],
+                     ["trading", "feed-guard", "drop-g2", "Drop", "10", "1000"]]
+    assert [r["rule"] for r in json.loads(_policystats(rows, "-o", "json"))] == [
+        "no-queries", "allow-g3", "drop-g2"]
+    assert "rule: drop-g2" in _policystats(rows, "-o", "yaml")
+    assert len(_policystats(rows, "-n", "trading").splitlines()) == 3
+    assert _policystats([]).split() == ["NAMESPACE", "POLICY", "RULE", "ACTION", "PACKETS",
+                                        "BYTES"]

@@ -1,11 +1,14 @@
 """`mcctl get ...`: what one node's agent knows, over its local API.
 
     mcctl [--socket PATH | --node NODE] get podmulticaststats [POD] [-n NS] [-o json|yaml|wide]
+    mcctl get policystats [POLICY] [-n NS] [-o json|yaml]
     mcctl get members | groups | pods | flows
     mcctl [--kubeconfig PATH] get multicastgroups [-o json|yaml]   # the cluster view, from the API
 
 Columns are contracts (DESIGN.md §5): podmulticaststats prints NAMESPACE NAME INBOUND OUTBOUND;
-pods prints NAMESPACE NAME IP PRIMARY-IP OFPORT INTERFACE.
+pods prints NAMESPACE NAME IP PRIMARY-IP OFPORT INTERFACE; policystats prints NAMESPACE POLICY RULE
+ACTION PACKETS BYTES (NAMESPACE ``-`` for cluster-scoped policies), one row per rule the node
+enforces.
 """
 
 from __future__ import annotations
@@ -79,6 +82,21 @@ def _pod_extra(pod: object | None) -> list[object]:
     return [pod.ip or "<none>", pod.ofport, pod.host_ifname]  # type: ignore[attr-defined]
 
 
+def _policystats(client: AgentClient, args: argparse.Namespace) -> str:
+    """The node's view of its policy rules: packets and bytes each rule decided here."""
+    rows = client.policy_stats()
+    if args.namespace:
+        rows = [r for r in rows if r["namespace"] == args.namespace]
+    if args.name:
+        rows = [r for r in rows if r["policy"] == args.name]
+    rows.sort(key=lambda r: (r["namespace"] or "-", r["policy"], r["direction"], r["index"]))
+    if args.output in ("json", "yaml"):
+        return structured(rows, args.output)
+    return table(["NAMESPACE", "POLICY", "RULE", "ACTION", "PACKETS", "BYTES"],
+                 [[r["namespace"] or "-", r["policy"], r["rule"], r["action"], r["packets"],
+                   r["bytes"]] for r in rows])
+
+
 def _members(client: AgentClient, args: argparse.Namespace) -> str:
     rows = client.members()
     if args.output in ("json", "yaml"):
@@ -146,6 +164,7 @@ def _multicastgroups(args: argparse.Namespace) -> str:
 
 RESOURCES = {
     "podmulticaststats": _podstats,
+    "policystats": _policystats,
     "members": _members,
     "groups": _groups,
     "pods": _pods,

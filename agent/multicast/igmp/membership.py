@@ -193,6 +193,14 @@ class Membership:
         self._set_expiry(group, member, entry, now + self.timers.membership_timeout_s)
         return changed
 
+    def hold(self, now: float, member: Member) -> None:
+        """Keep ``member``'s memberships as if it had just answered a query: it could not,
+        because policy keeps queries from it (its leaves and deletion still end them)."""
+        for group in self._of.get(member, ()):
+            entry = self._groups[group][member]
+            if not entry.leaving:
+                self._set_expiry(group, member, entry, now + self.timers.membership_timeout_s)
+
     def remove_member(self, member: Member) -> set[str]:
         """End every membership of `member` at once (pod or node deleted)."""
         groups = set(self._of.get(member, ()))

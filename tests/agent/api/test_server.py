@@ -74,6 +74,9 @@ class DictAgent:
     def flows(self) -> list[str]:
         return ["table=0, priority=0 actions=drop"]
 
+    def policy_stats(self) -> list[dict]:
+        return [{"namespace": "", "policy": "cp", "rule": "r", "packets": 1, "bytes": 8}]
+
     def set_nodes(self, nodes: list[NodeInfo]) -> None:
         self.nodes = nodes
 
@@ -163,6 +166,8 @@ def test_read_endpoints(client: AgentClient) -> None:
     ]
     assert client.pod_stats() == [{"namespace": "ns1", "name": "a", "inbound": 3, "outbound": 4}]
     assert client.flows() == ["table=0, priority=0 actions=drop"]
+    assert client.policy_stats() == [
+        {"namespace": "", "policy": "cp", "rule": "r", "packets": 1, "bytes": 8}]
     assert client.health() == {"ok": True, "pods": 1}
 
 
