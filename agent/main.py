@@ -22,6 +22,7 @@ import signal
 import sys
 import threading
 import time
+from pathlib import Path
 from types import FrameType
 
 from prometheus_client import REGISTRY, start_http_server
@@ -52,6 +53,7 @@ INT_PATCH = "mc-patch-phy"  # on br-int, towards br-phy
 PHY_PATCH = "mc-patch-int"  # on br-phy, towards br-int
 ROUND_LIMIT = 0xFFFF
 CONNECT_TIMEOUT_S = 30.0
+POLICY_FILE = "policy.json"  # the last policy view, beside the API socket (a run directory)
 DEFAULT_UPLINK_MTU = 1500
 
 
@@ -137,7 +139,8 @@ class Agent:
         ports = OvsdbPodPorts(self.db, cfg.int_bridge)
         core = MulticastCore(cfg, bridge, self.switch, rec, ports,
                              neighbour_seeder=seed if tunnel is not None else None,
-                             wake=self.wake.set)
+                             wake=self.wake.set,
+                             policy_file=Path(cfg.api_socket).parent / POLICY_FILE)
         pods = ports.existing_pods()
         core.start(pods, install=lambda: rec.startup(round_), found=self.switch.dump())
         self.db.set_round(round_, cfg.int_bridge)

@@ -21,6 +21,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Protocol
 
 from agent import metrics
@@ -91,7 +92,8 @@ class MulticastCore:
                  reconciler: Reconciler, ports: PodPorts,
                  clock: Callable[[], float] = time.monotonic,
                  neighbour_seeder: Callable[[str], object] | None = None,
-                 wake: Callable[[], None] = lambda: None) -> None:
+                 wake: Callable[[], None] = lambda: None,
+                 policy_file: Path | None = None) -> None:
         self.cfg = cfg
         self.bridge = bridge
         self._switch = switch
@@ -108,7 +110,7 @@ class MulticastCore:
         self.pods = InterfaceStore()
         self._nodes: dict[str, str] = {}  # other nodes: name -> tunnel IP
         self.groups = GroupReplication(bridge, reconciler, self.pods, self.local, self.remote)
-        self.policy = PolicyEnforcer(bridge, reconciler, switch)
+        self.policy = PolicyEnforcer(bridge, reconciler, switch, policy_file)
         self.announcer = Announcer(bridge, switch, self.local, self.node_ips,
                                    cfg.query_versions, cfg.robustness, cfg.query_interval_s,
                                    query_ports=self._query_ports)
@@ -135,7 +137,7 @@ class MulticastCore:
             self._rec.set(Feature.PIPELINE, "", fw.pipeline_state(self.bridge))
             for pod in existing_pods:
                 self._add_pod(pod)
-            self.policy.sync(self._pod_ports())
+            self.policy.restore(self._pod_ports())  # the last view saved, if any
             if found is not None:
                 restored = restore_members(self._clock(), found, self.pods, self.local,
                                            self.remote, self.groups)

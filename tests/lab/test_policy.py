@@ -358,6 +358,8 @@ def test_controller_down_rules_stay_and_new_policy_applies_on_return(
     lab.mclab("controller", "stop")
     try:
         assert delivered() == {g7: 0, g8: N}  # the rule stays enforced without the controller
+        lab.mclab("agent", "restart", "node1")  # and across a restart (the view it saved)
+        assert delivered() == {g7: 0, g8: N}
         apply(lab, policies, first.replace("drop-g7", "drop-g8").replace(g7, g8))
     finally:
         lab.mclab("controller", "start")

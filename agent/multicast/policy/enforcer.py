@@ -17,10 +17,12 @@ from __future__ import annotations
 import logging
 from collections.abc import Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 from agent.flowsync.reconciler import Reconciler
 from agent.flowsync.switch import Switch, SwitchDisconnected
 from agent.multicast.igmp.packets import LeaveV2, MembershipReport, ReportV1, ReportV2, ReportV3
+from agent.multicast.policy import saved
 from agent.multicast.policy.compiler import ConjIds, IgmpJudge, data_rules
 from pipeline.cookies import Feature, feature_cookie_mask
 from pipeline.model import SwitchState
@@ -58,7 +60,8 @@ class RuleCount:
 
 
 class PolicyEnforcer:
-    def __init__(self, bridge: BridgeConfig, reconciler: Reconciler, switch: Switch) -> None:
+    def __init__(self, bridge: BridgeConfig, reconciler: Reconciler, switch: Switch,
+                 saved_file: Path | None = None) -> None:
         self._bridge = bridge
         self._rec = reconciler
         self._switch = switch
@@ -72,11 +75,23 @@ class PolicyEnforcer:
         self._seen: dict[str, tuple[object, int, int]] = {}  # last read: flow key, counts
         self._last_type: dict[str, int] = {}  # pod ref -> type of its last report
         self._over_range = 0
+        self._saved_file = saved_file  # where the view is kept across restarts (``saved``)
 
     # -- the view and the data rules ------------------------------------------------------------
 
+    def restore(self, pods: Mapping[str, Sequence[int]]) -> None:
+        """At start-up: enforce the view saved by the previous run, if any (``saved``)."""
+        view = saved.load(self._saved_file) if self._saved_file is not None else None
+        if view is not None:
+            self.view = view
+            self.judge = IgmpJudge.of(view)
+        self.sync(pods)
+
     def set_view(self, view: PolicyView, pods: Mapping[str, Sequence[int]]) -> None:
-        """Enforce ``view`` from the next flush; rules that left it lose their counters."""
+        """Enforce ``view`` from the next flush (and save it); rules that left it lose their
+        counters."""
+        if self._saved_file is not None and view != self.view:
+            saved.save(self._saved_file, view)
         self.view = view
         self.judge = IgmpJudge.of(view)
         self.sync(pods)  # reads the counters of flows about to go: forget them after

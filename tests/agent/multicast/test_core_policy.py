@@ -62,6 +62,15 @@ class Clock:
         return self.now
 
 
+def make_core(switch: TableSwitch, policy_file=None) -> MulticastCore:
+    cfg = parse_config({"node": {"name": "node1", "ip": NODE_IP},
+                        "multicast": {"igmpQueryInterval": "10s",
+                                      "multicastInterfaces": ["eth0"]}})
+    bridge = BridgeConfig(Mode.NOENCAP, 1, NODE_IP, NODE_MAC, uplink_port=UPLINK)
+    return MulticastCore(cfg, bridge, switch, Reconciler(switch, multicast_pipeline()),
+                         Ports(), clock=Clock(), policy_file=policy_file)
+
+
 @pytest.fixture
 def env():
     cfg = parse_config({"node": {"name": "node1", "ip": NODE_IP},
@@ -199,6 +208,26 @@ def test_data_rule_flows_follow_the_pods_they_apply_to(env) -> None:
         "guard", "Drop", "data", 1)
     agent.detach_pod("cid4")
     assert not [f for f in switch.table.flows() if f.cookie >> 40 & 0xFF == Feature.POLICY]
+
+
+def test_a_restarted_agent_enforces_the_saved_view_from_its_first_bundle(tmp_path) -> None:
+    """The controller away, the agent restarts: the last view it had is enforced at once."""
+    saved = tmp_path / "policy.json"
+    switch = TableSwitch()
+    first = make_core(switch, saved)
+    first.start()
+    pod = first.attach_pod(PodAttach("default", "p2", "cid2", "veth2", "10.77.1.3",
+                                     "0a:00:00:00:00:02"))
+    first.set_policy(full_update(view(rule("guard", "egress", groups=(G,)))))
+    assert send(switch, pod, G) == []
+    again = make_core(switch, saved)  # a new agent over the same switch and pod
+    again.start([pod])
+    assert set(again.policy.view.rules) == set(first.policy.view.rules)
+    assert send(switch, pod, G) == [] and send(switch, pod, G2) == [UPLINK]
+    saved.write_text("{not json")  # a damaged file is ignored: nothing saved, nothing enforced
+    third = make_core(switch, saved)
+    third.start([pod])
+    assert send(switch, pod, G) == [UPLINK]
 
 
 def test_ingress_rule_drops_one_source_for_one_receiver(env) -> None:
