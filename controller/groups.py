@@ -30,7 +30,7 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from controller.hub import Hub, group_statuses
-from controller.watch import Backoff, call_json
+from controller.watch import Backoff, call_json, settle
 
 log = logging.getLogger(__name__)
 
@@ -121,7 +121,7 @@ class GroupWriter:
                 self._known = None
                 continue
             if self._wakeup.is_set():
-                self._settle()
+                settle(self._wakeup, self._stop, self.debounce, self.max_delay)
             now = time.monotonic()
             if self._retry_at is not None and now < self._retry_at:
                 continue  # woken early by a change: the retry comes at its time
@@ -149,17 +149,6 @@ class GroupWriter:
         if self._known is not None and self._grace_until > time.monotonic():
             due.append(self._grace_until)
         return max(0.0, min(d for d in due if d is not None) - time.monotonic())
-
-    def _settle(self) -> None:
-        """Wait for a burst of changes to end: ``debounce`` of quiet, ``max_delay`` at most."""
-        first = time.monotonic()
-        while True:
-            self._wakeup.clear()
-            left = first + self.max_delay - time.monotonic()
-            if left <= 0 or not self._wakeup.wait(min(self.debounce, left)):
-                return
-            if self._stop.is_set():
-                return
 
     def _converge(self) -> None:
         if self._relist or self._known is None:

@@ -229,6 +229,19 @@ class Backoff:
         return self._next * random.uniform(0.8, 1.0)
 
 
+def settle(wakeup: threading.Event, stop: threading.Event, debounce: float,
+           max_delay: float) -> None:
+    """Wait for a burst of changes (each one sets ``wakeup``) to end: ``debounce`` seconds of
+    quiet, ``max_delay`` after the call at most, or until ``stop`` is set. The writers call
+    it before a pass, so a burst of events costs one pass."""
+    first = time.monotonic()
+    while True:
+        wakeup.clear()
+        left = first + max_delay - time.monotonic()
+        if left <= 0 or not wakeup.wait(min(debounce, left)) or stop.is_set():
+            return
+
+
 @dataclass
 class WatchStats:
     lists: int = 0  # the first list included

@@ -28,7 +28,7 @@ from kubernetes.client.exceptions import ApiException
 from controller.policy.sync import PolicySync
 from controller.policy.validate import GROUP, PLURALS, VERSION, PolicyRef
 from controller.policy.views import PolicyViews
-from controller.watch import Backoff, call_json, meta
+from controller.watch import Backoff, call_json, meta, settle
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +110,7 @@ class StatusWriter:
             if not self._leading.is_set():
                 self._wakeup.clear()
                 continue
-            self._settle()
+            settle(self._wakeup, self._stop, self.debounce, self.max_delay)
             try:
                 self._pass()
                 retry = None
@@ -120,16 +120,6 @@ class StatusWriter:
                 delay = self._backoff.next()
                 log.warning("policy status: a pass failed (%s); retrying in %.1fs", exc, delay)
                 retry = time.monotonic() + delay
-
-    def _settle(self) -> None:
-        first = time.monotonic()
-        while True:
-            self._wakeup.clear()
-            left = first + self.max_delay - time.monotonic()
-            if left <= 0 or not self._wakeup.wait(min(self.debounce, left)):
-                return
-            if self._stop.is_set():
-                return
 
     def _pass(self) -> None:
         self.stats.passes += 1

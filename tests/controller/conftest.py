@@ -120,6 +120,6 @@ def wait_for(what: Callable[[], Any], timeout: float = 5.0, interval: float = 0.
     return value
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def wait() -> Callable[..., Any]:
     return wait_for

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -36,17 +35,11 @@ G, V = "multicast.kube-mcast.io", "v1alpha1"
 STATUS_S = 10.0  # the issue: ruleStats within 10 s
 
 
-def wait_for(what: Callable[[], Any], timeout: float = 5.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while not (value := what()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {getattr(what, '__name__', what)}")
-        time.sleep(0.02)
-    return value
 
 
 @pytest.fixture(scope="module")
-def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[client.ApiClient]:
+def api(wait: Callable[..., Any],
+        tmp_path_factory: pytest.TempPathFactory) -> Iterator[client.ApiClient]:
     work = tmp_path_factory.mktemp("policy")
     server = spawn(work, tokens=TOKENS)
     try:
@@ -57,7 +50,7 @@ def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[client.ApiClient]:
                                       .read_text()):
             ext.create_custom_resource_definition(crd)
         for name in ("multicastpolicies", "clustermulticastpolicies"):
-            wait_for(lambda n=name: any(c.type == "Established" and c.status == "True" for c in
+            wait(lambda n=name: any(c.type == "Established" and c.status == "True" for c in
                                         ext.read_custom_resource_definition(f"{n}.{G}")
                                         .status.conditions or []))
         core = client.CoreV1Api(api)
@@ -120,7 +113,8 @@ def controller(api: client.ApiClient) -> Iterator[Controller]:
         c.stop()
 
 
-def test_policies_views_status_stream_and_rule_stats(api: client.ApiClient,
+def test_policies_views_status_stream_and_rule_stats(wait: Callable[..., Any],
+                                                     api: client.ApiClient,
                                                      controller: Controller) -> None:
     custom = client.CustomObjectsApi(api)
     make_pod(api, "reader-1", "node1", "10.244.1.5", app="reader")
@@ -129,12 +123,12 @@ def test_policies_views_status_stream_and_rule_stats(api: client.ApiClient,
     custom.create_namespaced_custom_object(G, V, "trading", "multicastpolicies",
                                            mcp("feed-guard", GUARD))
     views = controller.policy_views
-    wait_for(lambda: views.synced and len(views.view("node1")[1].rules) == 3)
+    wait(lambda: views.synced and len(views.view("node1")[1].rules) == 3)
     v1 = views.view("node1")[1]
     assert views.view("node2")[1].rules.keys() == v1.rules.keys()
     assert list(v1.applied_to.values()) == [frozenset({"trading/reader-1"})]
     assert list(v1.addresses.values()) == [frozenset()]  # no untrusted pod yet
-    wait_for(lambda: (valid_condition(api, "feed-guard") or {}).get("status") == "True")
+    wait(lambda: (valid_condition(api, "feed-guard") or {}).get("status") == "True")
     cond = valid_condition(api, "feed-guard")
     assert cond is not None and cond["observedGeneration"] == 1 and cond["lastTransitionTime"]
     assert status_of(api, "feed-guard")["ruleStats"] == [
@@ -172,7 +166,7 @@ def test_policies_views_status_stream_and_rule_stats(api: client.ApiClient,
     (ag,) = v1.addresses
     assert dict(patch.addresses.add) == {ag: frozenset({"10.244.2.9"})}
     asyncio.run(agent("node2", node2))
-    wait_for(lambda: status_of(api, "feed-guard")["ruleStats"][0] == {
+    wait(lambda: status_of(api, "feed-guard")["ruleStats"][0] == {
         "name": "allow-g3", "packets": 15, "bytes": 1500}, timeout=STATUS_S)
 
     # an invalid edit: Valid=False naming the field; the earlier version stays enforced
@@ -180,7 +174,7 @@ def test_policies_views_status_stream_and_rule_stats(api: client.ApiClient,
     bad["egress"][1]["to"] = [{"ipBlock": {"cidr": "10.0.0.0/8"}}]
     custom.patch_namespaced_custom_object(G, V, "trading", "multicastpolicies", "feed-guard",
                                           {"spec": bad})
-    wait_for(lambda: (valid_condition(api, "feed-guard") or {}).get("status") == "False")
+    wait(lambda: (valid_condition(api, "feed-guard") or {}).get("status") == "False")
     cond = valid_condition(api, "feed-guard")
     assert cond is not None and cond["reason"] == "Invalid" and cond["observedGeneration"] == 2
     assert cond["message"].startswith(
@@ -192,9 +186,9 @@ def test_policies_views_status_stream_and_rule_stats(api: client.ApiClient,
     # a never-valid policy enforces nothing; deleting the valid one empties the views
     custom.create_namespaced_custom_object(G, V, "trading", "multicastpolicies", mcp(
         "broken", {"priority": 0, "appliedTo": [{"podSelector": {}}]}))
-    wait_for(lambda: (valid_condition(api, "broken") or {}).get("status") == "False")
+    wait(lambda: (valid_condition(api, "broken") or {}).get("status") == "False")
     assert "spec.priority: 0 is not a number in [1, 10000]" in (
         valid_condition(api, "broken") or {})["message"]
     custom.delete_namespaced_custom_object(G, V, "trading", "multicastpolicies", "feed-guard")
-    wait_for(lambda: views.view("node1")[1] == PolicyView() == views.view("node2")[1])
+    wait(lambda: views.view("node1")[1] == PolicyView() == views.view("node2")[1])
     assert controller.policy_sync.validity() == {"true": 0, "false": 1}

@@ -52,13 +52,6 @@ N1, N2, N3 = (NodeInfo("node1", ("192.168.77.1",)), NodeInfo("node2", ("192.168.
               NodeInfo("node3", ("192.168.77.3",)))
 
 
-def wait_for(what: Callable[[], Any], timeout: float = 5.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while not (value := what()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {getattr(what, '__name__', what)}")
-        time.sleep(0.02)
-    return value
 
 
 def metric(name: str, **labels: str) -> float:
@@ -177,27 +170,29 @@ def run_raw(env: Env, server: StreamServer, token: str, node: str,
 # -- the node set, the membership ------------------------------------------------------------
 
 
-def test_the_link_gets_the_node_set_first_then_each_change(env: Env) -> None:
+def test_the_link_gets_the_node_set_first_then_each_change(wait: Callable[..., Any],
+                                                           env: Env) -> None:
     hub = Hub()
     hub.set_nodes([N1, N2])
     server = env.server(hub)
     core = StandInCore()
     resyncs = metric("kube_mcast_controller_stream_resyncs_total")
     link = env.link(server, "node1", core)
-    wait_for(lambda: link.nodes_version == 1)
+    wait(lambda: link.nodes_version == 1)
     assert core.applied == [[N1, N2]] and link.connected
     assert metric("kube_mcast_controller_stream_clients") == 1
     assert metric("kube_mcast_controller_stream_resyncs_total") == resyncs + 1
     hub.set_nodes([N1, N2, N3])
-    wait_for(lambda: link.nodes_version == 2)
+    wait(lambda: link.nodes_version == 2)
     hub.set_nodes([N1, N3])  # node2 deleted
-    wait_for(lambda: link.nodes_version == 3)
+    wait(lambda: link.nodes_version == 3)
     assert core.applied[1:] == [[N1, N2, N3], [N1, N3]]
     link.stop()
-    wait_for(lambda: metric("kube_mcast_controller_stream_clients") == 0)
+    wait(lambda: metric("kube_mcast_controller_stream_clients") == 0)
 
 
-def test_membership_lands_in_the_hub_on_connect_and_on_every_change(env: Env) -> None:
+def test_membership_lands_in_the_hub_on_connect_and_on_every_change(wait: Callable[..., Any],
+                                                                    env: Env) -> None:
     hub = Hub()
     hub.set_nodes([N1, N2])
     server = env.server(hub)
@@ -209,11 +204,11 @@ def test_membership_lands_in_the_hub_on_connect_and_on_every_change(env: Env) ->
     link = env.link(server, "node1", core)
     first = (GroupReport("239.1.1.1", (MemberPod("default", "a"),
                                        MemberPod("prod", "b", "include", ("10.244.2.5",)))),)
-    wait_for(lambda: hub.memberships()[1] == {"node1": first})
+    wait(lambda: hub.memberships()[1] == {"node1": first})
     with core.lock:  # prod/b leaves, default/a joins another group
         core.groups = [GroupMembers("239.1.1.1", ("default/a",), ()),
                        GroupMembers("224.5.6.4", ("default/a",), ())]
-    wait_for(lambda: hub.memberships()[1].get("node1", first) != first)
+    wait(lambda: hub.memberships()[1].get("node1", first) != first)
     assert hub.memberships()[1] == {"node1": (
         GroupReport("224.5.6.4", (MemberPod("default", "a"),)),
         GroupReport("239.1.1.1", (MemberPod("default", "a"),)))}
@@ -222,7 +217,7 @@ def test_membership_lands_in_the_hub_on_connect_and_on_every_change(env: Env) ->
     assert link.reports_sent == sent == 2
     with core.lock:
         core.groups = []
-    wait_for(lambda: "node1" not in hub.memberships()[1])
+    wait(lambda: "node1" not in hub.memberships()[1])
 
 
 @dataclass
@@ -243,38 +238,40 @@ class VersionedCore(StandInCore):
             return list(self.groups)
 
 
-def test_a_versioned_core_is_read_only_when_its_version_moves(env: Env) -> None:
+def test_a_versioned_core_is_read_only_when_its_version_moves(wait: Callable[..., Any],
+                                                              env: Env) -> None:
     hub = Hub()
     hub.set_nodes([N1, N2])
     server = env.server(hub)
     core = VersionedCore([GroupMembers("239.1.1.1", ("default/a",), ())])
     env.link(server, "node1", core)
-    wait_for(lambda: hub.memberships()[1])
+    wait(lambda: hub.memberships()[1])
     time.sleep(0.6)  # three polls, the version unchanged
     assert core.reads == 1
     with core.lock:
         core.groups = [GroupMembers("239.2.2.2", ("default/a",), ())]
         core.version += 1
-    wait_for(lambda: [g.group for g in hub.memberships()[1]["node1"]] == ["239.2.2.2"])
+    wait(lambda: [g.group for g in hub.memberships()[1]["node1"]] == ["239.2.2.2"])
     assert core.reads == 2
 
 
-def test_nothing_is_sent_before_the_hub_has_a_node_set(env: Env) -> None:
+def test_nothing_is_sent_before_the_hub_has_a_node_set(wait: Callable[..., Any], env: Env) -> None:
     hub = Hub()  # the Node watcher has not listed yet
     server = env.server(hub)
     core = StandInCore([GroupMembers("239.1.1.1", ("default/a",), ())])
     link = env.link(server, "node1", core)
-    wait_for(lambda: hub.memberships()[1])  # reports flow at once
+    wait(lambda: hub.memberships()[1])  # reports flow at once
     time.sleep(0.3)
     assert core.applied == [] and link.connected  # never "no nodes at all"
     hub.set_nodes([N1, N2])
-    wait_for(lambda: core.applied == [[N1, N2]])
+    wait(lambda: core.applied == [[N1, N2]])
 
 
 # -- who may open which stream ----------------------------------------------------------------
 
 
-def test_a_wrong_token_is_refused_with_401_and_the_link_retries(env: Env) -> None:
+def test_a_wrong_token_is_refused_with_401_and_the_link_retries(wait: Callable[..., Any],
+                                                                env: Env) -> None:
     hub = Hub()
     hub.set_nodes([N1])
     server = env.server(hub)
@@ -284,15 +281,15 @@ def test_a_wrong_token_is_refused_with_401_and_the_link_retries(env: Env) -> Non
     assert env.status(server, None, "node1") == 401
     core = StandInCore()
     link = env.link(server, "node1", core, token="forged-token")
-    wait_for(lambda: "HTTP 401" in link.last_error)
+    wait(lambda: "HTTP 401" in link.last_error)
     assert core.applied == [] and not link.connected
     assert metric("kube_mcast_controller_stream_auth_failures_total",
                   reason="unauthenticated") >= failures + 3
     env.token_file(TOKENS["system:node:node1"], "node1.token")  # rotated: re-read on retry
-    wait_for(lambda: core.applied == [[N1]])
+    wait(lambda: core.applied == [[N1]])
 
 
-def test_a_node_cannot_open_another_nodes_stream(env: Env) -> None:
+def test_a_node_cannot_open_another_nodes_stream(wait: Callable[..., Any], env: Env) -> None:
     hub = Hub()
     hub.set_nodes([N1, N2])
     server = env.server(hub)
@@ -302,13 +299,14 @@ def test_a_node_cannot_open_another_nodes_stream(env: Env) -> None:
     assert env.status(server, "node1-token", None) == 400
     core = StandInCore()
     link = env.link(server, "node2", core, token="node1-token")
-    wait_for(lambda: "HTTP 403" in link.last_error)
+    wait(lambda: "HTTP 403" in link.last_error)
     assert core.applied == [] and not hub.memberships()[1]
     assert metric("kube_mcast_controller_stream_auth_failures_total",
                   reason="forbidden") >= forbidden + 3
 
 
-def test_an_agent_pods_service_account_token_opens_its_nodes_stream_only(env: Env) -> None:
+def test_an_agent_pods_service_account_token_opens_its_nodes_stream_only(wait: Callable[..., Any],
+                                                                         env: Env) -> None:
     """A real cluster's agent: a projected token of the agents' service account, whose review
     names the node of the pod it is bound to (Kubernetes >= 1.30)."""
     hub = Hub()
@@ -321,10 +319,10 @@ def test_an_agent_pods_service_account_token_opens_its_nodes_stream_only(env: En
     assert env.status(server, "web-node1-token", "node1") == 403  # not the agents' account
     core = StandInCore([GroupMembers("239.1.1.1", ("default/a",), ())])
     link = env.link(server, "node1", core, token="agent-node1-token")
-    wait_for(lambda: core.applied == [[N1, N2]])
-    wait_for(lambda: list(hub.memberships()[1]) == ["node1"])
+    wait(lambda: core.applied == [[N1, N2]])
+    wait(lambda: list(hub.memberships()[1]) == ["node1"])
     refused = env.link(server, "node2", StandInCore(), token="agent-node1-token")
-    wait_for(lambda: "HTTP 403" in refused.last_error)
+    wait(lambda: "HTTP 403" in refused.last_error)
     assert link.connected and list(hub.memberships()[1]) == ["node1"]
 
 
@@ -399,13 +397,13 @@ def test_a_malformed_message_closes_the_stream_with_a_reason(env: Env, frame: st
     assert not hub.memberships()[1]
 
 
-def test_a_newer_stream_of_a_node_replaces_the_older(env: Env) -> None:
+def test_a_newer_stream_of_a_node_replaces_the_older(wait: Callable[..., Any], env: Env) -> None:
     hub = Hub()
     hub.set_nodes([N1])
     server = env.server(hub)
     core = StandInCore([GroupMembers("239.1.1.1", ("default/a",), ())])
     link = env.link(server, "node1", core)
-    wait_for(lambda: link.connects == 1)
+    wait(lambda: link.connects == 1)
 
     async def talk(ws: aiohttp.ClientWebSocketResponse) -> None:
         await ws.receive()
@@ -413,25 +411,26 @@ def test_a_newer_stream_of_a_node_replaces_the_older(env: Env) -> None:
         await asyncio.sleep(0.2)
 
     run_raw(env, server, "node1-token", "node1", talk)
-    wait_for(lambda: "replaced by a newer stream of node1" in link.last_error)
-    wait_for(lambda: link.connects == 2)  # the link comes back and re-reports
-    wait_for(lambda: hub.memberships()[1].get("node1"))
+    wait(lambda: "replaced by a newer stream of node1" in link.last_error)
+    wait(lambda: link.connects == 2)  # the link comes back and re-reports
+    wait(lambda: hub.memberships()[1].get("node1"))
 
 
 # -- the controller goes away and comes back ----------------------------------------------------
 
 
-def test_controller_restart_the_link_retries_and_resyncs(env: Env) -> None:
+def test_controller_restart_the_link_retries_and_resyncs(wait: Callable[..., Any],
+                                                         env: Env) -> None:
     hub = Hub()
     hub.set_nodes([N1, N2])
     hub.set_nodes([N1, N2, N3])  # version 2
     server = env.server(hub)
     core = StandInCore([GroupMembers("239.1.1.1", ("default/a",), ())])
     link = env.link(server, "node1", core)
-    wait_for(lambda: link.nodes_version == 2 and hub.memberships()[1])
+    wait(lambda: link.nodes_version == 2 and hub.memberships()[1])
     port = server.port
     server.stop()
-    wait_for(lambda: not link.connected)
+    wait(lambda: not link.connected)
     assert "closed by the controller: 1012 controller stopping" in link.last_error
     time.sleep(1.0)  # a few refused retries; nothing the link applied is undone
     assert "cannot connect" in link.last_error and core.applied == [[N1, N2, N3]]
@@ -441,9 +440,9 @@ def test_controller_restart_the_link_retries_and_resyncs(env: Env) -> None:
     restarted = Hub()  # a new controller process: versions start over
     restarted.set_nodes([N1, N2])
     env.server(restarted, port)
-    wait_for(lambda: link.connects == 2, timeout=8)
+    wait(lambda: link.connects == 2, timeout=8)
     assert core.applied == [[N1, N2, N3], [N1, N2]] and link.nodes_version == 1
-    wait_for(lambda: [g.group for g in restarted.memberships()[1].get("node1", ())]
+    wait(lambda: [g.group for g in restarted.memberships()[1].get("node1", ())]
              == ["224.5.6.4", "239.1.1.1"])
 
 

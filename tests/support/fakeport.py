@@ -9,6 +9,7 @@ recorded, not sent.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from agent.flowsync.switch import CookieDelete, FlowStats, MeterStats, SwitchOp
 from agent.interfacestore import PodAttach
@@ -16,6 +17,26 @@ from agent.multicast.igmp.packets import parse_frame
 from pipeline.fake_table import FakeSwitch
 from pipeline.layout import multicast_pipeline
 from pipeline.model import Action, SwitchState
+
+
+@dataclass
+class PI:
+    """A packet-in as the switch hands it to the core (the fields the core reads)."""
+
+    in_port: int
+    userdata: bytes
+    data: bytes
+    tun_src: str | None = None
+
+
+class Clock:
+    """A clock the test moves by hand (``clock.now += 10``)."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
 
 
 class Ports:

@@ -7,10 +7,8 @@ time is a fake clock. Assertions are about where packets go and what the agent s
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import pytest
-from fakeport import Ports, TableSwitch
+from fakeport import PI, Clock, Ports, TableSwitch
 
 from agent.api.service import AgentService
 from agent.config import parse_config
@@ -37,22 +35,6 @@ NODE_IP, NODE_MAC = "192.168.77.1", "02:77:00:00:00:01"
 NODE2, NODE3 = "192.168.77.2", "192.168.77.3"
 TUNNEL, UPLINK = 65000, 65001
 G, G2 = "239.1.1.1", "239.2.2.2"
-
-
-@dataclass
-class PI:
-    in_port: int
-    userdata: bytes
-    data: bytes
-    tun_src: str | None = None
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture

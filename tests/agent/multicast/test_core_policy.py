@@ -7,10 +7,8 @@ queries the agent sends to which pod, and the rule counters.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import pytest
-from fakeport import Ports, TableSwitch
+from fakeport import PI, Clock, Ports, TableSwitch
 from prometheus_client import REGISTRY
 
 from agent.api.service import AgentService
@@ -45,21 +43,6 @@ from wire.policy import (
 NODE_IP, NODE_MAC, UPLINK = "192.168.77.1", "02:77:00:00:00:01", 65001
 G, G2, G3 = "239.1.1.1", "239.2.2.2", "239.3.3.3"
 POD = bytes([PuntReason.IGMP_POD])
-
-
-@dataclass
-class PI:
-    in_port: int
-    userdata: bytes
-    data: bytes
-    tun_src: str | None = None
-
-
-class Clock:
-    now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def make_core(switch: TableSwitch, policy_file=None) -> MulticastCore:
