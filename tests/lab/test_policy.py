@@ -159,6 +159,13 @@ def test_reference_counts_egress_data_and_igmp_rules(lab: Lab, policies: list[st
     assert stats[(ns, "sender-1", "drop-g2")]["packets"] == N, stats
     assert stats[(ns, "sender-1", "drop-g2")]["action"] == "Drop"
     assert policystats(lab, "node2")[(ns, "rxa-not-g3", "no-g3-reports")]["packets"] >= 1
+    table = [ln.split() for ln in lab.mcctl("--node", "node1", "get", "policystats").stdout
+             .splitlines()]
+    assert table[0] == ["NAMESPACE", "POLICY", "RULE", "ACTION", "PACKETS", "BYTES"], table
+    frame = 64 + 8 + 20 + 14  # mcprobe's payload, UDP, IPv4, Ethernet
+    assert [r for r in table[1:] if r[1] == "sender-1"] == [
+        [ns, "sender-1", "allow-g3", "Allow", str(N), str(N * frame)],
+        [ns, "sender-1", "drop-g2", "Drop", str(N), str(N * frame)]], table
 
     def rule_stats() -> dict[str, int] | None:
         st = get_policy(lab, "MulticastPolicy", "sender-1", ns).get("status", {})
@@ -174,7 +181,8 @@ def test_igmp_query_drop_and_allow(lab: Lab, policies: list[str]) -> None:
     ns, g, port = "queries", "239.77.1.1", 5711
     allowed, denied = lab.create_pod("q-allowed", "node1", ns), lab.create_pod("q-denied",
                                                                                "node1", ns)
-    label(lab, allowed, "queries=yes")
+    label(lab, allowed, "queries=yes", "zone=quiet")
+    label(lab, denied, "zone=quiet")
     member = lab.start_receiver(denied, g, port).wait_ready()
     lab.wait_members("node1", g, [denied])
     apply(lab, policies, policy_yaml("MulticastPolicy", "queries-for-some", """\
@@ -183,16 +191,16 @@ def test_igmp_query_drop_and_allow(lab: Lab, policies: list[str]) -> None:
   ingress:
     - {name: allow-queries, action: Allow, protocols: [{igmp: {igmpType: 17}}]}
 """, ns))
-    apply(lab, policies, policy_yaml("MulticastPolicy", "no-queries", """\
+    apply(lab, policies, policy_yaml("ClusterMulticastPolicy", "quiet-zone", """\
   priority: 6
-  appliedTo: [{podSelector: {}}]
+  appliedTo: [{podSelector: {matchLabels: {zone: quiet}}, namespaceSelector: {}}]
   ingress:
     - name: drop-queries
       action: Drop
       protocols: [{igmp: {igmpType: 17, groupAddress: 224.0.0.1}}]
-""", ns))
+"""))
     wait_enforced(lab, "node1", [(ns, "queries-for-some", "allow-queries"),
-                                 (ns, "no-queries", "drop-queries")])
+                                 ("", "quiet-zone", "drop-queries")])
     sniff = {p.name: lab.start_sniffer(p, "224.0.0.1", 0, igmp_queries=True).wait_ready()
              for p in (allowed, denied)}
     wait_for(lambda: sniff["q-allowed"].count() >= 2, 3 * 5.0,
@@ -200,7 +208,7 @@ def test_igmp_query_drop_and_allow(lab: Lab, policies: list[str]) -> None:
     seen = {name: s.stop()["n"] for name, s in sniff.items()}
     assert seen["q-denied"] == 0 and seen["q-allowed"] >= 2, seen
     stats = policystats(lab, "node1")
-    assert stats[(ns, "no-queries", "drop-queries")]["packets"] >= 2, stats
+    assert stats[("", "quiet-zone", "drop-queries")]["packets"] >= 2, stats
     assert stats[(ns, "queries-for-some", "allow-queries")]["packets"] >= 2, stats
     # it cannot refresh its membership, so it is not aged out for missing the queries
     time.sleep(MEMBER_TIMEOUT_S + 2)
