@@ -219,11 +219,13 @@ def test_igmp_query_drop_and_allow(lab: Lab, policies: list[str]) -> None:
 def test_ingress_drops_by_group_and_by_source_pod(lab: Lab, policies: list[str]) -> None:
     """Receiver-side rules on the receiving node: a group dropped while another is delivered,
     one sender pod's datagrams dropped while another's to the same group arrive, from the
-    other node and from the same node; a sender's label change moves it in or out in time."""
+    other node, the same node and outside (a CIDR source); a sender's label change moves it in
+    or out in time."""
     ns, g5, g6, port = "ingress", "239.77.2.5", "239.77.2.6", 5725
     rx, other = lab.create_pod("guarded", "node2", ns), lab.create_pod("open", "node2", ns)
     s_bad, s_good = lab.create_pod("s-bad", "node1", ns), lab.create_pod("s-good", "node1", ns)
     s_local = lab.create_pod("s-local", "node2", ns)
+    ext = lab.create_external("ing-ext")  # a sender outside the cluster, named by its CIDR
     label(lab, rx, "app=guarded")
     for p in (s_bad, s_local):
         label(lab, p, "role=untrusted")
@@ -235,7 +237,9 @@ def test_ingress_drops_by_group_and_by_source_pod(lab: Lab, policies: list[str])
     - name: only-trusted
       action: Drop
       from: [{{ipBlock: {{cidr: {g6}/32}}}}]
-      sources: [{{podSelector: {{matchLabels: {{role: untrusted}}}}}}]
+      sources:
+        - {{podSelector: {{matchLabels: {{role: untrusted}}}}}}
+        - {{ipBlock: {{cidr: {ext.ip}/32}}}}
 """, ns))
     wait_enforced(lab, "node2", [(ns, "guard", "no-g5"), (ns, "guard", "only-trusted")])
     assert (ns, "guard", "no-g5") not in policystats(lab, "node1")  # enforced by the receiver
@@ -251,22 +255,22 @@ def test_ingress_drops_by_group_and_by_source_pod(lab: Lab, policies: list[str])
         time.sleep(0.5)
         return {k: r.stop() for k, r in rxs.items()}
 
-    got = run([s_bad, s_good, s_local])
+    got = run([s_bad, s_good, s_local, ext])  # from the other node, this one and outside
     assert got[("guarded", g5)]["n"] == 0, got
     assert got[("guarded", g6)]["sources"] == {s_good.ip: N}, got
-    everyone = {s_bad.ip: N, s_good.ip: N, s_local.ip: N}
+    everyone = {s_bad.ip: N, s_good.ip: N, s_local.ip: N, ext.ip: N}
     assert got[("open", g5)]["sources"] == everyone, got  # dropped only for the guarded pod
     assert got[("open", g6)]["sources"] == everyone, got
     stats = policystats(lab, "node2")
-    assert stats[(ns, "guard", "no-g5")]["packets"] == 3 * N, stats
-    assert stats[(ns, "guard", "only-trusted")]["packets"] == 2 * N, stats
+    assert stats[(ns, "guard", "no-g5")]["packets"] == 4 * N, stats
+    assert stats[(ns, "guard", "only-trusted")]["packets"] == 3 * N, stats
 
     # labels move senders in and out of the rule: the receiving node's flows follow
     def sources_in_flows() -> set[str]:
         return set(re.findall(r"nw_src=([\d.]+)", "\n".join(policy_flows(lab, "node2"))))
 
-    for pod, change, want in ((s_bad, "role-", {s_local.ip}),
-                              (s_good, "role=untrusted", {s_good.ip, s_local.ip})):
+    for pod, change, want in ((s_bad, "role-", {s_local.ip, ext.ip}),
+                              (s_good, "role=untrusted", {s_good.ip, s_local.ip, ext.ip})):
         label(lab, pod, change)  # returns once the Pod object is written
         start = time.monotonic()
         wait_for(lambda w=want: sources_in_flows() == w, ENFORCED_S,  # type: ignore[misc]
