@@ -163,7 +163,7 @@ class Agent:
         self.core = core
         if cfg.metrics_port:
             start_http_server(cfg.metrics_port)
-            register_collector(core.members, core.pod_stats, core.punt_drops, core.oversized)
+            register_collector(core, self.switch)
             REGISTRY.register(PolicyCollector(core.policy_counts))
         self.api = LocalApiServer(cfg.api_socket, AgentService(core, self.switch, self.pipeline,
                                                                  self.pod_mtu))

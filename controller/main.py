@@ -233,12 +233,25 @@ class Controller:
         for name, help_text in (("lists", "Lists (the first included)"),
                                 ("relists", "Relists after 410 Gone"),
                                 ("resumes", "Watches resumed after a failure"),
+                                ("renewals", "Watches that ended at their timeout, renewed"),
                                 ("events", "Watch events received")):
             family = CounterMetricFamily(f"kube_mcast_controller_watch_{name}", help_text,
                                          labels=["resource"])
             for w in self.watchers:
                 family.add_metric([w.name], float(getattr(w.stats, name)))
             yield family
+        _, memberships = self.hub.memberships()
+        groups = GaugeMetricFamily("kube_mcast_controller_groups",
+                                   "Multicast groups with a member pod on some node, as agents "
+                                   "reported them to this replica")
+        groups.add_metric([], float(len({r.group for rs in memberships.values() for r in rs})))
+        yield groups
+        node_groups = GaugeMetricFamily("kube_mcast_controller_node_groups",
+                                        "Groups with member pods on each node, as reported",
+                                        labels=["node"])
+        for node, reports in sorted(memberships.items()):
+            node_groups.add_metric([node], float(len(reports)))
+        yield node_groups
         if self.writer is not None:
             writes = CounterMetricFamily("kube_mcast_controller_multicastgroup_writes",
                                          "MulticastGroup writes", labels=["op"])

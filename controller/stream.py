@@ -95,6 +95,11 @@ POLICY_MESSAGES = Counter(
     "kube_mcast_controller_policy_messages_total",
     "Policy messages sent to agents: full views (one per stream) and patches", ["kind"],
 )
+STREAM_MESSAGES = Counter(
+    "kube_mcast_controller_stream_messages_received_total",
+    "Messages received from agents, by type (members, ruleStats; invalid: malformed or of an "
+    "unknown type, which closes the stream)", ["type"],
+)
 POLICY_RULES_SENT = Gauge(
     "kube_mcast_controller_policy_rules_sent",
     "Rules in the policy view last sent to a node's agent", ["node"],
@@ -411,6 +416,7 @@ class StreamServer:
         try:
             kind = message_type(text)
         except WireError as e:
+            STREAM_MESSAGES.labels("invalid").inc()
             return f"malformed message: {e}"
         try:
             if kind == MEMBERS:
@@ -420,9 +426,12 @@ class StreamServer:
                 if self._policies is not None:
                     self._policies.report_stats(node, stats)
             else:
+                STREAM_MESSAGES.labels("invalid").inc()
                 return f"unknown message type {kind!r}"
         except WireError as e:
+            STREAM_MESSAGES.labels("invalid").inc()
             return f"malformed {kind} message: {e}"
+        STREAM_MESSAGES.labels(kind).inc()
         return None
 
     async def _send(self, client: _Client) -> None:

@@ -133,7 +133,7 @@ class Reconciler:
             want, have = self._dirty_union(new)
             ops = self._diff(want, have)
             if ops:
-                with metrics.FLOW_OP_SECONDS.time():
+                with metrics.reconcile_round("incremental", len(ops)):
                     self._switch.apply(ops)
                 count_ops(ops)
                 log.debug("reconciled %d keys: %d ops", len(dirty), len(ops))
@@ -206,7 +206,7 @@ class Reconciler:
         if self._round is not None:
             ops += [CookieDelete(*round_cookie_mask(r)) for r in old_rounds]
         adopted = {g.group_id for g in actual.groups} & {g.group_id for g in desired.groups}
-        with metrics.FLOW_OP_SECONDS.time():
+        with metrics.reconcile_round("full", len(ops)):
             self._switch.apply(ops)
         count_ops(ops)
         self._synced = True
