@@ -15,7 +15,13 @@ import urllib.parse
 from collections.abc import Iterable
 from typing import Any
 
-from agent.api.types import ApiError, pod_from_json, pod_mtu_from_json, pod_to_json
+from agent.api.types import (
+    ApiError,
+    TraceQuery,
+    pod_from_json,
+    pod_mtu_from_json,
+    pod_to_json,
+)
 from agent.interfacestore import PodAttach, PodInfo
 from agent.podnetwork import PodMtu
 from wire.nodes import NodeInfo, nodes_to_json
@@ -86,6 +92,10 @@ class AgentClient:
 
     def policy_stats(self) -> list[dict[str, Any]]:
         return list(self._call("GET", "/v1/policystats")["rules"])
+
+    def trace(self, query: TraceQuery) -> dict[str, Any]:
+        """What became of a datagram to a group for one pod (``mcctl trace``)."""
+        return dict(self._call("POST", "/v1/trace", query.to_json()))
 
     def set_nodes(self, nodes: Iterable[NodeInfo]) -> None:
         self._call("PUT", "/v1/nodes", nodes_to_json(nodes))

@@ -22,7 +22,7 @@ from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
-from agent.api.types import AgentApi, ApiError, pod_from_json, pod_to_json
+from agent.api.types import AgentApi, ApiError, TraceQuery, pod_from_json, pod_to_json
 from agent.interfacestore import PodAttach
 from wire.nodes import WireError, nodes_from_json
 
@@ -50,6 +50,7 @@ class _Handler(BaseHTTPRequestHandler):
         "/v1/policystats": {"GET": "_policy_stats"},
         "/v1/nodes": {"PUT": "_set_nodes"},
         "/v1/podnetwork": {"GET": "_pod_network"},
+        "/v1/trace": {"POST": "_trace"},
     }
 
     def do_GET(self) -> None:
@@ -127,6 +128,9 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _pod_network(self, api: AgentApi) -> tuple[int, Any]:
         return 200, api.pod_network().to_json()
+
+    def _trace(self, api: AgentApi) -> tuple[int, Any]:
+        return 200, api.trace(TraceQuery.from_json(self._body()))
 
     def _set_nodes(self, api: AgentApi) -> tuple[int, Any]:
         try:

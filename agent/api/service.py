@@ -2,8 +2,9 @@
 
 Owns the translation between the core and the wire: domain results become the JSON the
 routes return (``mcctl`` and users script against these keys), and domain errors become HTTP
-statuses here and nowhere else (``AttachConflict`` -> 409). The flow listing renders the
-switch's content as ovs-ofctl text. A detach that names another pod interface than the one
+statuses here and nowhere else (``AttachConflict`` -> 409, ``TraceError`` -> 404 or 400).
+The flow listing renders the switch's content as ovs-ofctl text; a trace walks it through the
+fake table (``agent.multicast.trace``). A detach that names another pod interface than the one
 the container is attached through changes nothing (CNI DEL of a network that added no
 interface of ours); the pod network's MTUs are the agent's, computed at start-up.
 """
@@ -13,10 +14,18 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from agent.api.types import ApiError
-from agent.flowsync.switch import Switch
+from agent.api.types import ApiError, TraceQuery
+from agent.flowsync.switch import Switch, SwitchDisconnected
 from agent.interfacestore import AttachConflict, PodAttach, PodInfo
 from agent.multicast.core import MulticastCore
+from agent.multicast.trace import (
+    DEFAULT_PAYLOAD,
+    DEFAULT_UDP_PORT,
+    TraceError,
+    TraceRequest,
+    trace,
+    view_of,
+)
 from agent.podnetwork import PodMtu
 from pipeline.render import render_flow, render_group
 from pipeline.tables import Pipeline
@@ -91,6 +100,19 @@ class AgentService:
         return ([render_group(g, pipe) for g in sorted(state.groups, key=lambda g: g.group_id)]
                 + [render_flow(f, pipe) for f in sorted(
                     state.flows, key=lambda f: (pipe.table_id(f.table), -f.priority))])
+
+    def trace(self, query: TraceQuery) -> dict[str, Any]:
+        """A datagram to a group walked through what the switch holds now, for one pod."""
+        req = TraceRequest(query.pod, query.group, query.source,
+                           DEFAULT_UDP_PORT if query.port is None else query.port,
+                           DEFAULT_PAYLOAD if query.size is None else query.size,
+                           query.from_pod, query.from_node, query.from_uplink)
+        try:
+            return trace(view_of(self._core), self._switch.dump, req).to_json()
+        except TraceError as exc:
+            raise ApiError(404 if exc.missing else 400, str(exc)) from None
+        except SwitchDisconnected:
+            raise ApiError(503, "the switch is not connected: nothing to trace") from None
 
     def set_nodes(self, nodes: list[NodeInfo]) -> None:
         self._core.set_nodes(nodes)

@@ -18,6 +18,12 @@ Routes (all bodies JSON; errors are ``{"error": message}`` with a 4xx/5xx status
                                         "packets", "bytes"}...]}: every policy rule this node
                                         enforces, by scope, namespace, policy, direction, index
     PUT    /v1/nodes  {"nodes": [{"name": str, "ips": [str...]}]} -> 204
+    POST   /v1/trace  TraceQuery     -> 200 {"node", "pod", "packet", "verdict", "reason",
+                                        "policyRule", "steps", "deliveries", "membership",
+                                        "notes"}: a datagram to a group walked through the
+                                        node's switch, and what became of it for one pod
+                                        (``agent.multicast.trace``); 404 for a pod not on the
+                                        node, 400 for a group that is not multicast
 
 PodAttach/PodInfo JSON: every field by its name; ``ifname`` and ``primary_ip`` may be left out
 (default ""). Standard library only (and the stdlib-only ``agent.interfacestore``,
@@ -27,7 +33,7 @@ start.
 
 from __future__ import annotations
 
-from dataclasses import MISSING, asdict, fields
+from dataclasses import MISSING, asdict, dataclass, fields
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
 from agent.interfacestore import PodAttach, PodInfo
@@ -58,6 +64,51 @@ class AgentApi(Protocol):
     def policy_stats(self) -> list[dict[str, Any]]: ...
     def set_nodes(self, nodes: list[NodeInfo]) -> None: ...
     def health(self) -> dict[str, Any]: ...
+    def trace(self, query: TraceQuery) -> dict[str, Any]: ...
+
+
+@dataclass(frozen=True)
+class TraceQuery:
+    """``POST /v1/trace``: which pod, which group; the datagram's source, UDP port and payload
+    size, and where it comes from (at most one of ``fromPod``, ``fromNode``, ``fromUplink``;
+    none: from outside the node). Unset fields are left out of the JSON."""
+
+    pod: str  # namespace/name
+    group: str
+    source: str | None = None
+    port: int | None = None
+    size: int | None = None  # UDP payload bytes
+    from_pod: str | None = None
+    from_node: str | None = None  # a node's IP
+    from_uplink: bool = False
+
+    _JSON = (("pod", "pod", str), ("group", "group", str), ("source", "source", str),
+             ("port", "port", int), ("size", "size", int), ("from_pod", "fromPod", str),
+             ("from_node", "fromNode", str), ("from_uplink", "fromUplink", bool))
+
+    def to_json(self) -> dict[str, Any]:
+        return {key: getattr(self, name) for name, key, _ in self._JSON
+                if getattr(self, name) not in (None, False)}
+
+    @classmethod
+    def from_json(cls, obj: Any) -> TraceQuery:
+        """From the request body; 400 for a missing pod or group, or a field of a wrong type."""
+        if not isinstance(obj, dict):
+            raise ApiError(400, "trace: expected a JSON object")
+        unknown = sorted(set(obj) - {key for _, key, _ in cls._JSON})
+        if unknown:
+            raise ApiError(400, f"trace: unknown fields {unknown}")
+        out: dict[str, Any] = {}
+        for name, key, kind in cls._JSON:
+            value = obj.get(key)
+            if value is None:
+                if key in ("pod", "group"):
+                    raise ApiError(400, f"trace: {key} is required")
+                continue
+            if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+                raise ApiError(400, f"trace.{key}: expected {kind.__name__}")
+            out[name] = value
+        return cls(**out)
 
 
 _Pod = TypeVar("_Pod", PodAttach, PodInfo)

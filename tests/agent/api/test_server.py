@@ -19,7 +19,7 @@ import pytest
 
 from agent.api.client import AgentClient
 from agent.api.server import LocalApiServer
-from agent.api.types import AgentApi, ApiError, pod_mtu_from_json
+from agent.api.types import AgentApi, ApiError, TraceQuery, pod_mtu_from_json
 from agent.interfacestore import PodAttach, PodInfo
 from agent.podnetwork import PodMtu
 from wire.nodes import NodeInfo
@@ -76,6 +76,9 @@ class DictAgent:
 
     def policy_stats(self) -> list[dict]:
         return [{"namespace": "", "policy": "cp", "rule": "r", "packets": 1, "bytes": 8}]
+
+    def trace(self, query: TraceQuery) -> dict:
+        return {"query": query.to_json()}
 
     def set_nodes(self, nodes: list[NodeInfo]) -> None:
         self.nodes = nodes
@@ -169,6 +172,16 @@ def test_read_endpoints(client: AgentClient) -> None:
     assert client.policy_stats() == [
         {"namespace": "", "policy": "cp", "rule": "r", "packets": 1, "bytes": 8}]
     assert client.health() == {"ok": True, "pods": 1}
+
+
+def test_trace_takes_its_query_as_json(client: AgentClient) -> None:
+    query = TraceQuery("ns1/a", "239.1.1.1", port=6000, from_uplink=True)
+    assert client.trace(query) == {"query": {"pod": "ns1/a", "group": "239.1.1.1",
+                                             "port": 6000, "fromUplink": True}}
+    assert TraceQuery.from_json(query.to_json()) == query
+    with pytest.raises(ApiError) as exc:
+        client._call("GET", "/v1/trace")
+    assert exc.value.status == 405
 
 
 def test_set_nodes(client: AgentClient, agent: DictAgent) -> None:
