@@ -23,6 +23,10 @@ whatever happens (also on Ctrl-C / SIGTERM). A section that fails is recorded as
 (ours / anchor per figure of issue 12, ``ratios.py``) is added to the results and the plots
 (``plots.py``) are written beside them. ``--quick`` uses smaller sizes and shorter points
 (< 4 minutes in all); the figures are the same kind, only noisier.
+
+Progress goes to stderr as the run goes (``bench: [  12.3s] join_latency: started``, then
+``done in 8.1s`` or ``FAILED after ...``, and each lab as it comes up); stdout keeps the
+summary.
 """
 
 from __future__ import annotations
@@ -38,7 +42,7 @@ import time
 import traceback
 import uuid
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -113,10 +117,16 @@ class Run:
     plan: Plan
     tag: str
     settle_s: float
+    started: float = field(default_factory=time.monotonic)
 
     @property
     def marker(self) -> str:
         return f"kbx{self.tag}"
+
+    def progress(self, message: str) -> None:
+        """One line on stderr, the seconds since the run started in front."""
+        print(f"bench: [{time.monotonic() - self.started:7.1f}s] {message}", file=sys.stderr,
+              flush=True)
 
 
 def _guarded(run: Run, results: dict[str, Any], key: str,
@@ -124,6 +134,7 @@ def _guarded(run: Run, results: dict[str, Any], key: str,
     """Run one section into ``results[key]``; an exception becomes ``{"error": ...}``."""
     before = report.load_now(run.marker, run.settle_s)
     log.info("section %s (host %s%% busy) ...", key, before["busy_pct_1s"])
+    run.progress(f"{key}: started (host {before['busy_pct_1s']}% busy)")
     t0 = time.monotonic()
     try:
         out = fn()
@@ -131,6 +142,8 @@ def _guarded(run: Run, results: dict[str, Any], key: str,
         log.error("section %s failed: %s", key, exc)
         out = {"error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()}
     out["section_s"] = round(time.monotonic() - t0, 1)
+    run.progress(f"{key}: done in {out['section_s']}s" if "error" not in out
+                 else f"{key}: FAILED after {out['section_s']}s: {out['error']}")
     out["host_before"] = before
     results[key] = out
 
@@ -138,7 +151,9 @@ def _guarded(run: Run, results: dict[str, Any], key: str,
 def _lab_sections(run: Run, results: dict[str, Any], wanted: set[str]) -> None:
     plan = run.plan
     if wanted & {"join_latency", "throughput", "agent_scale"}:
+        run.progress("1-node lab: coming up")
         with BenchLab(run.tag, 1, agent_config=SCALE_AGENT_CONFIG) as lab:
+            run.progress(f"1-node lab: up in {lab.up_s}s")
             results.setdefault("labs", {})["one_node_up_s"] = lab.up_s
             if "join_latency" in wanted:
                 _guarded(run, results, "join_latency", lambda: joinlat.run(lab, plan.join_reps))
@@ -157,7 +172,9 @@ def _lab_sections(run: Run, results: dict[str, Any], wanted: set[str]) -> None:
             plan.tp_reps))
     if "throughput" in wanted:
         def cross() -> dict[str, Any]:
+            run.progress("3-node lab: coming up")
             with BenchLab(run.tag, 3) as lab3:
+                run.progress(f"3-node lab: up in {lab3.up_s}s")
                 results.setdefault("labs", {})["three_node_up_s"] = lab3.up_s
                 return throughput.run_cross(lab3, plan.cross_rates, plan.tp_duration_s,
                                             plan.tp_reps)
@@ -188,6 +205,7 @@ def run_all(plan: Plan, mode: str, wanted: set[str], settle_s: float = 0.0) -> d
     _lab_sections(run, results, wanted)
     if "policy" in wanted:
         _guarded(run, results, "policy", lambda: policy.run(plan.policy_size))
+    run.progress("all sections done: ratios, plots and the summary")
     results["ratios"] = ratios.compute(results)
     results["meta"]["duration_s"] = round(time.time() - started, 1)
     results["meta"]["host_after"] = report.load_now(run.marker)

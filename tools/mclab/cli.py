@@ -1,7 +1,7 @@
 """`mclab`: the command line of the local lab (kind-like, no Docker).
 
     mclab up [--nodes N] [--mode encap|noencap] [--attach chained|multus]
-             [--query-interval 10s] [--agent-config FILE]
+             [--query-interval 10s] [--agent-config FILE]   # progress per step on stderr
     mclab pod create NAME --node NODE [-n NAMESPACE] [--labels k=v,...]
     mclab pod delete NAME [-n NAMESPACE]
     mclab pod label NAME [-n NAMESPACE] k=v|k- ...
@@ -22,6 +22,7 @@ import argparse
 import logging
 import os
 import sys
+import time
 
 from pyroute2 import netns as pr_netns
 
@@ -126,6 +127,17 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _progress() -> L.Progress:
+    """``mclab up: [  4.2s] node1: namespace and OVS`` per step, on stderr (stdout keeps the
+    one result line scripts read), the seconds since the command started."""
+    t0 = time.monotonic()
+
+    def tell(step: str) -> None:
+        print(f"mclab up: [{time.monotonic() - t0:5.1f}s] {step}", file=sys.stderr, flush=True)
+
+    return tell
+
+
 def _status() -> int:
     lab = st.load()
     if lab is None:
@@ -201,8 +213,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.cmd == "up":
             extra = L.load_agent_config(args.agent_config) if args.agent_config else None
+            progress = _progress()
             lab = L.up(args.nodes, args.mode, args.query_interval, extra, args.attach,
-                       control_plane=not args.no_control_plane)
+                       control_plane=not args.no_control_plane, progress=progress)
+            progress("ready")
             print(f"lab up: {len(lab.nodes)} node(s), mode {lab.mode}, attach {lab.attach}")
         elif args.cmd == "down":
             L.down()

@@ -1,8 +1,10 @@
 """The local lab: underlay, nodes (own OVS + agent each), pods through CNI, externals.
 
 Everything lives in network namespaces named ``mclab-*`` and under the lab directory; nothing
-touches the machine's own interfaces. ``up`` cleans up after itself when it fails halfway;
-``down`` removes every namespace, process and file the lab made, state file or not.
+touches the machine's own interfaces. ``up`` cleans up after itself when it fails halfway,
+and tells a ``progress`` callback each step as it finishes (underlay, control plane, each
+node's OVS and agent, routes); ``down`` removes every namespace, process and file the lab made,
+state file or not.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import shutil
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -201,9 +204,17 @@ def announce_nodes(lab: st.LabState) -> None:
 # ---------------------------------------------------------------------------- up / down
 
 
+Progress = Callable[[str], None]
+"""Told each step of ``up`` as it is done (``mclab up`` prints them on stderr)."""
+
+
+def _quiet(_step: str) -> None:
+    pass
+
+
 def up(nodes: int, mode: str, query_interval: str,
        agent_config: dict[str, Any] | None = None, attach: str = "chained",
-       control_plane: bool = True) -> st.LabState:
+       control_plane: bool = True, progress: Progress = _quiet) -> st.LabState:
     require_ovs()
     if attach not in cni.ATTACH_MODES:
         raise LabError(f"--attach {attach}: one of {', '.join(cni.ATTACH_MODES)}")
@@ -221,6 +232,7 @@ def up(nodes: int, mode: str, query_interval: str,
             ipr.link("add", ifname=st.UNDERLAY_BRIDGE, kind="bridge")
             ipr.link("set", index=ipr.link_lookup(ifname=st.UNDERLAY_BRIDGE)[0], state="up")
         cni.install_plugins()
+        progress("underlay bridge and CNI plugins")
         if control_plane:
             netns.create(control.cp_netns())
             _veth(st.underlay_ns(), "ul-cp", control.cp_netns(), "eth0")
@@ -228,20 +240,22 @@ def up(nodes: int, mode: str, query_interval: str,
             _address(control.cp_netns(), "eth0", f"{control.CP_IP}/24")
             _tx_off(control.cp_netns(), "eth0")  # TCP to the nodes crosses their netdev br-phy
             control.start(lab, [f"node{i}" for i in range(1, nodes + 1)])
+            progress("control plane: API server and controller")
         for i in range(1, nodes + 1):
-            lab.nodes.append(_make_node(lab, i))
+            lab.nodes.append(_make_node(lab, i, progress))
             st.save(lab)
             if control_plane:
                 control.write_node(lab.nodes[-1])
         cni.route_between_nodes(lab.nodes)
         announce_nodes(lab)
+        progress(f"{nodes} node(s) routed to each other, the node set announced")
     except BaseException:
         down()
         raise
     return lab
 
 
-def _make_node(lab: st.LabState, i: int) -> st.NodeState:
+def _make_node(lab: st.LabState, i: int, progress: Progress = _quiet) -> st.NodeState:
     name = f"node{i}"
     node = st.NodeState(name=name, netns=f"{st.netns_prefix()}{name}", ip=f"{st.UNDERLAY_NET}.{i}",
                         mac=f"02:77:00:00:00:{i:02x}", rundir=str(st.lab_dir() / name))
@@ -249,6 +263,7 @@ def _make_node(lab: st.LabState, i: int) -> st.NodeState:
     netns.create(node.netns)
     ovs = _ovs(node)
     ovs.start()
+    progress(f"{name}: namespace and OVS")
     _veth(st.underlay_ns(), f"ul-{name}", node.netns, "eth0")
     _enslave(st.underlay_ns(), f"ul-{name}", st.UNDERLAY_BRIDGE)
     _tx_off(node.netns, "eth0")
@@ -257,6 +272,7 @@ def _make_node(lab: st.LabState, i: int) -> st.NodeState:
               f"other_config:hwaddr={node.mac}", "--", "add-port", "br-phy", "eth0")
     _address(node.netns, "br-phy", f"{node.ip}/24")
     start_agent(lab, node)
+    progress(f"{name}: agent answering on {node.api_socket}")
     return node
 
 
