@@ -30,25 +30,57 @@ echo
 echo "== unicast keeps using the pod's primary network (eth0): sender pings the outside host"
 mclab exec sender -- ping -c 1 -W 2 "$ext_ip" | sed -n 2p
 echo
+echo "== a MulticastPolicy: pods labelled app=blocked may not join $G (their reports are dropped)"
+mclab pod label recv-c app=blocked
+kubectl --kubeconfig "$(mclab kubeconfig)" apply -f - <<POLICY
+apiVersion: multicast.kube-mcast.io/v1alpha1
+kind: MulticastPolicy
+metadata: {name: no-feed-for-blocked, namespace: default}
+spec:
+  priority: 10
+  appliedTo: [{podSelector: {matchLabels: {app: blocked}}}]
+  egress:
+    - {name: no-joins, action: Drop, protocols: [{igmp: {groupAddress: $G}}]}
+POLICY
+for i in $(seq 1 50); do   # until node3's agent enforces it
+  mcctl --node node3 get policystats -o json | grep -q no-joins && break; sleep 0.2
+done
+echo
 out=$(mktemp -d)
 for r in recv-a recv-b recv-c outside; do
   mclab exec "$r" -- "$PY" "$PROBE" recv $G 5000 --duration 12 --idle 4 >"$out/$r.json" &
 done
 mclab exec idle -- "$PY" "$PROBE" recv 239.99.0.1 5000 --duration 12 --idle 4 >"$out/idle.json" &
-for i in $(seq 1 50); do   # until every node's agent has seen its receivers
-  n=$(for k in 1 2 3; do mcctl --node node$k get members -o json; done | grep -c '"239.10.10.10"' || true)
-  [ "$n" -ge 3 ] && break; sleep 0.2
+for i in $(seq 1 50); do   # until node1's and node2's agents have seen their receivers
+  n=$(for k in 1 2; do mcctl --node node$k get members -o json; done | grep -c "\"$G\"" || true)
+  [ "$n" -ge 2 ] && break; sleep 0.2
 done
 echo "== members seen by node1's agent"; mcctl --node node1 get members; echo
 echo "== sender (node1) sends $N datagrams to $G"
-mclab exec sender -- "$PY" "$PROBE" send $G 5000 --count $N --pps 20 --ttl 3
+mclab exec sender -- "$PY" "$PROBE" send $G 5000 --count $N --pps 20 --ttl 3 >/dev/null
 echo; echo "== kubectl get multicastgroups (the controller's MulticastGroup objects, while joined)"
 kubectl --kubeconfig "$(mclab kubeconfig)" get multicastgroups
 wait
 echo
-printf '%-10s %s\n' RECEIVER RESULT
-for r in recv-a recv-b recv-c outside idle; do printf '%-10s %s\n' "$r" "$(cat "$out/$r.json")"; done
+echo "== who received what ($N sent to $G; idle joined another group; recv-c is blocked)"
+"$PY" - "$out" <<'TABLE'
+import json, sys
+where = {"recv-a": "node1", "recv-b": "node2", "recv-c": "node3", "outside": "external",
+         "idle": "node3"}
+print(f"{'RECEIVER':<10} {'WHERE':<9} {'GROUP':<14} {'RECEIVED':>8}  FROM")
+for name, node in where.items():
+    with open(f"{sys.argv[1]}/{name}.json") as f:
+        r = json.loads(f.read().strip().splitlines()[-1])
+    print(f"{name:<10} {node:<9} {r['group']:<14} {r['n']:>8}  {', '.join(r['sources']) or '-'}")
+TABLE
 rm -rf "$out"
-echo; echo "== per-pod counters on node1"; mcctl --node node1 get podmulticaststats
-echo; echo "The lab is still up: try '.venv/bin/mclab status', '.venv/bin/mcctl --node node2 get flows'."
-echo "Remove it with: .venv/bin/mclab down"
+echo; echo "== policy rules on node3: mcctl --node node3 get policystats"
+mcctl --node node3 get policystats
+echo; echo "== per-pod counters on node1: mcctl --node node1 get podmulticaststats"
+mcctl --node node1 get podmulticaststats
+echo; echo "== why did 'idle' (node3) not get $G from node1?"
+echo "   mcctl --node node3 trace --pod default/idle --group $G --from-node 192.168.77.1"
+mcctl --node node3 trace --pod default/idle --group $G --from-node 192.168.77.1 | sed -n 1,5p
+echo
+echo "The lab is still up: try '.venv/bin/mclab status', '.venv/bin/mcctl --node node2 get flows',"
+echo "'kubectl --kubeconfig \$(.venv/bin/mclab kubeconfig) get mcp'. Remove it: .venv/bin/mclab down"
