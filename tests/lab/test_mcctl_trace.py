@@ -32,14 +32,23 @@ TABLE_LINE = re.compile(r"^(?P<indent> +)(?P<table>Multicast\w+|Classifier) +"
 def pods(lab: Lab) -> dict[str, Pod]:
     pods = {"rx": lab.create_pod("tr-rx", NODE), "non": lab.create_pod("tr-non", NODE),
             "tx": lab.create_pod("tr-tx", NODE), "far": lab.create_pod("tr-far", "node2")}
-    lab.start_receiver(pods["rx"], G, PORT).wait_ready()
-    lab.start_receiver(pods["far"], G, PORT).wait_ready()
+    receivers = [lab.start_receiver(pods["rx"], G, PORT).wait_ready(),
+                 lab.start_receiver(pods["far"], G, PORT).wait_ready()]
 
     def joined() -> bool:
         m = _json(lab, "--pod", pods["rx"].ref)["membership"]
         return m["localPods"] == [pods["rx"].ref] and m["remoteNodes"] == [NODE2_IP]
 
-    lab.wait_for(joined, 15, f"{pods['rx'].ref} and node2 to be members of {G} on {NODE}")
+    try:
+        # each node's own join first, so a failure says which side is missing
+        lab.wait_members(NODE, G, [pods["rx"]], timeout=15)
+        lab.wait_members("node2", G, [pods["far"]], timeout=15)
+        lab.wait_for(joined, 15, f"{pods['rx'].ref} and node2 to be members of {G} on {NODE}"
+                     f" (node1's members: {lab.members(NODE)})")
+    except BaseException:  # their processes would outlive the lab
+        for r in receivers:
+            r.stop()
+        raise
     return pods
 
 
@@ -83,7 +92,8 @@ def test_a_member_from_outside_and_from_a_local_sender(lab: Lab, pods: dict[str,
         "Tables:"], "\n".join(lines)
     assert _tables(lines) == [
         (2, "Classifier", "pipeline"), (2, "MulticastRouting", f"group (*, {G})"),
-        (6, "MulticastIngressRule", "pipeline"), (6, "MulticastIngressMetric", f"pod {rx.ref}"),
+        (6, "MulticastIngressRule", "pipeline"),
+        (6, "MulticastIngressMetric", f"group {G} member {rx.ref}"),  # its (pod, group) flow
         (6, "MulticastOutput", "pipeline")], "\n".join(lines)
     [route] = [ln for ln in lines if ln.startswith("  MulticastRouting ")]
     [group_line] = [ln for ln in lines if ln.startswith("  group ")]
