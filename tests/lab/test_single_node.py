@@ -232,12 +232,8 @@ def test_dump_flows_names_tables_and_group_flow(lab: Lab) -> None:
     assert not numbered, "tables without a name:\n" + "\n".join(numbered)
     assert "table=MulticastRouting" in dump, dump
     per_group = [ln for ln in flows if re.search(rf"nw_dst={re.escape(g)}(?![\d/])", ln)]
-    route = [ln for ln in per_group if "table=MulticastRouting" in ln]
-    assert len(route) == 1 and "group:" in route[0], dump
-    # and the member's own inbound counter of the group (per (pod, group) metrics)
-    assert [ln for ln in per_group if ln not in route and "table=MulticastIngressMetric" in ln
-            and "goto_table:MulticastOutput" in ln] == [ln for ln in per_group if ln not in route]
-    assert len(per_group) == 2, per_group
+    assert len(per_group) == 1, dump
+    assert "table=MulticastRouting" in per_group[0] and "group:" in per_group[0], per_group
 
 
 def test_podmulticaststats(lab: Lab) -> None:

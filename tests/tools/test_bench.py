@@ -83,8 +83,7 @@ def test_quick_bench_reports_every_section(tmp_path: Path) -> None:
             _num(size, phase, k)
     _num(size, "install", "flows_per_s")
     assert size["on_switch_after_install"]["groups"] == prog["base_on_switch"]["groups"] + n
-    # per group: its route flow and one inbound metric flow per local member (5 each)
-    assert size["on_switch_after_install"]["flows"] == prog["base_on_switch"]["flows"] + 6 * n
+    assert size["on_switch_after_install"]["flows"] == prog["base_on_switch"]["flows"] + n
     assert size["on_switch_after_delete"] == prog["base_on_switch"]
     for k in ("apply_all_ms", "reconcile_all_ms"):
         _stats(size["per_change"], k)

@@ -6,8 +6,7 @@ The path is the agent's: ``agent.forwarding`` / ``pipeline.multicast`` builders 
 ovs-vswitchd (``tools.mclab.ovsnode.OvsNode``, userspace datapath) in a netns of our own; the
 controller socket is created inside that netns, as the agent's is.
 
-Measured for each size N (multicast groups, each = one route flow, one inbound metric flow per
-local member (5) and one type-ALL group with
+Measured for each size N (multicast groups, each = one route flow + one type-ALL group with
 5 local, 2 remote and 1 external bucket: 8 buckets), on top of a base pipeline with 8 pod ports:
 - pure costs: builders and diff per group (µs), no switch involved;
 - one reconcile installing N groups (one bundle): wall time, groups/s, flows/s, and where the
