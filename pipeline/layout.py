@@ -59,10 +59,9 @@ TABLES = (
     ),
     TableSpec(
         INGRESS_METRIC, Stage.INGRESS_METRIC, Miss.NEXT,
-        frozenset({"reg1", "eth_type", "ipv4_dst"}),
+        frozenset({"reg1", "eth_type"}),
         frozenset({OUTPUT}),
-        "One flow per pod and one per (pod, group) membership above it: together they count "
-        "the pod's inbound multicast, the latter each group's copies to that member.",
+        "One flow per pod: its packet count is the pod's inbound multicast.",
     ),
     TableSpec(
         OUTPUT, Stage.OUTPUT, Miss.DROP,

@@ -199,9 +199,7 @@ def pod_flows(cfg: BridgeConfig, ofport: int, mac: str = "", ip: str = "") -> li
     dropped and counted by the spoof guard (``spoof_guard_flows``). The self-loop drop removes
     the copy a member-sender's own bucket makes for it before the ingress metric counts it (OVS
     would drop it at output anyway, as output to in_port). With ``max_pod_frame``, what is
-    larger is counted by the pod's own meter and punted instead of routed. The ingress metric
-    flow counts the copies no (pod, group) flow of the pod's memberships took
-    (``membership_metric_flow``): the pod's inbound is the sum of them all.
+    larger is counted by the pod's own meter and punted instead of routed.
     """
     sender = pod_sender_match(mac, ip) if mac else {}
     guard = spoof_guard_flows(cfg, ofport) if mac else []
@@ -442,22 +440,6 @@ def source_route_flow(cfg: BridgeConfig, source_ip: str, group_ip: str, group_id
         Match.of(eth_type=ETH_TYPE_IP, ipv4_src=source_ip, ipv4_dst=group_ip),
         (GroupAction(group_id),),
         cfg.cookie(Feature.GROUP, group_id),
-    )
-
-
-def membership_metric_flow(cfg: BridgeConfig, ofport: int, group_ip: str) -> Flow:
-    """Counts the copies of G delivered to the member pod on ``ofport``, after its ingress
-    policy: in the ingress metric table, above the pod's own flow (which then counts the rest
-    of its inbound). Owned by the group (cookie and reconciler key), so it comes and goes
-    with the membership; every IGMPv3 (S, G) copy to the pod counts here too."""
-    if not ipaddress.IPv4Address(group_ip).is_multicast:
-        raise ValueError(f"{group_ip} is not a multicast address")
-    return _flow(
-        layout.INGRESS_METRIC,
-        priorities.MEMBERSHIP_METRIC,
-        Match.of((OUT_PORT, ofport), eth_type=ETH_TYPE_IP, ipv4_dst=group_ip),
-        (GotoTable(layout.OUTPUT),),
-        cfg.cookie(Feature.GROUP, _ip_int(group_ip)),
     )
 
 

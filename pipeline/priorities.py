@@ -8,10 +8,6 @@ NORMAL = 200
 """Ordinary per-port / per-group flows."""
 SOURCE_SPECIFIC = 210
 """Per (source, group) route flows for IGMPv3 INCLUDE receivers; beats the (*, G) flow."""
-MEMBERSHIP_METRIC = 210
-"""Per (pod, group) counting flows in the ingress metric table: above the pod's own flow, so
-each copy of G delivered to a member pod is counted there instead (the pod's inbound is its
-own flow plus these)."""
 SUPPRESS = 190
 """Duplicate-suppression drops in the output table (below the positive output flows)."""
 SPOOF_DROP = 150

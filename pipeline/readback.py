@@ -76,36 +76,9 @@ _CLASSIFIER_DROPS = MappingProxyType({priorities.SPOOF_DROP: PodCounter.SPOOFED,
                                       priorities.PORT_DROP: PodCounter.NOT_MULTICAST})
 
 
-def pod_group_of(flow: Flow) -> tuple[int, str] | None:
-    """The (pod port, group) a ``membership_metric_flow`` counts (None: another flow)."""
-    if flow.table != layout.INGRESS_METRIC or flow.priority != priorities.MEMBERSHIP_METRIC:
-        return None
-    reg, dst = flow.match.get(OUT_PORT.oxm), flow.match.get("ipv4_dst")
-    if (reg is None or not isinstance(reg.value, int) or dst is None or dst.mask is not None
-            or not isinstance(dst.value, str)):
-        return None
-    return OUT_PORT.decode(reg.value), dst.value
-
-
-def routed_group_of(flow: Flow) -> str | None:
-    """The group a route flow ((*, G) or (S, G)) routes (None: another flow)."""
-    dst = flow.match.get("ipv4_dst")
-    if (flow.table != layout.ROUTING or dst is None or dst.mask is not None
-            or not isinstance(dst.value, str)):
-        return None
-    return dst.value
-
-
 def pod_counter_of(flow: Flow) -> tuple[PodCounter, int] | None:
-    """Which pod port a per-pod counting flow counts, and what it counts.
-
-    A pod's inbound is counted by several flows: its own ingress metric flow and one per
-    (pod, group) membership (``pod_group_of``); each is reported as INBOUND of the port, and
-    the reader sums them.
-    """
+    """Which pod port a per-pod counting flow counts, and what it counts."""
     port = flow.match.get("in_port")
-    if (found := pod_group_of(flow)) is not None:
-        return PodCounter.INBOUND, found[0]
     if flow.table in (layout.EGRESS_METRIC, layout.INGRESS_METRIC) and (
             flow.priority != priorities.NORMAL):
         return None  # not a metric flow (an oversize count, whose flow counter is no count)

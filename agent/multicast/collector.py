@@ -1,10 +1,9 @@
 """Prometheus view of the multicast state, read from the core and the switch at scrape time.
 
 Membership comes from the membership tables, pod packets from the switch's per-pod metric
-flows and meters, group traffic from the groups' route flows, and each local member's share
-of a group from its (pod, group) metric flow, so the datapath does the counting. A scrape
-while the bridge is away leaves out what only the switch knows (``kube_mcast_switch_readable``
-says so) instead of failing.
+flows and meters, group traffic from the groups' route flows, so the datapath does the
+counting and the agent keeps no second copy. A scrape while the bridge is away leaves out
+what only the switch knows (``kube_mcast_switch_readable`` says so) instead of failing.
 
 Label sets stay bounded by what the node holds, never by a source address:
 
@@ -14,13 +13,13 @@ Label sets stay bounded by what the node holds, never by a source address:
   their local memberships, at most ``SERIES_CAP`` of each (lowest group addresses first);
   ``kube_mcast_metric_series_omitted`` counts what the cap left out.
 
-Per (pod, group) inbound is exact: one ingress metric flow per local membership counts the
-copies of G delivered to that pod after its ingress policy (OVS's type-ALL group bucket
-counters could not say it: OVS credits every bucket with each packet the group replicates,
-tests/agent/ovs/test_group_stats_real.py). Per (pod, group) outbound is not exported: a
-sender announces nothing, so counting it would take a flow per (sender, group) pair that the
-datapath would have to create on every packet path at first packet; per-pod outbound and
-per-group traffic are exact.
+Not exported, and why: per (pod, group) packet counts. Outbound would need a counting flow per
+(sender, group) that the sender never announces (senders do not join), created by the datapath
+on first packet; inbound, OVS credits every bucket of a type-ALL group with each packet the
+group replicates (measured, tests/agent/ovs/test_group_stats_real.py), so bucket counters say
+what the group forwarded, not what each member got after its ingress policy. A group's
+traffic (``kube_mcast_group_packets_total``) and its local members
+(``kube_mcast_group_local_member``) answer who receives how much; per-pod counters are exact.
 """
 
 from __future__ import annotations
@@ -34,7 +33,7 @@ from prometheus_client.registry import REGISTRY, Collector, CollectorRegistry
 
 from agent.flowsync.switch import Switch, SwitchDisconnected
 from agent.multicast.core import GroupMembers, MulticastCore
-from agent.multicast.stats import GroupTraffic, PodGroupTraffic, PodStats, group_traffic
+from agent.multicast.stats import GroupTraffic, PodStats, group_traffic
 from pipeline.cookies import Feature, feature_cookie_mask
 
 SERIES_CAP = 1000
@@ -63,21 +62,19 @@ def _split(ref: str) -> tuple[str, str]:
 
 
 class MulticastCollector(Collector):
-    """Groups, members, per-pod, per-group and per (pod, group) packets, the agent's identity."""
+    """Groups, members, per-pod and per-group packets, the agent's identity."""
 
     def __init__(self, members: Callable[[], Iterable[GroupMembers]],
                  pod_stats: Callable[[], Iterable[PodStats]],
                  punt_drops: Callable[[], Mapping[str, int]] = dict,
                  oversized: Callable[[], Mapping[str, int]] = dict, *,
                  group_traffic: Callable[[], Iterable[GroupTraffic]] = list,
-                 pod_group_traffic: Callable[[], Iterable[PodGroupTraffic]] = list,
                  info: AgentInfo | None = None, series_cap: int = SERIES_CAP) -> None:
         self._members = members
         self._pod_stats = pod_stats
         self._punt_drops = punt_drops
         self._oversized = oversized
         self._group_traffic = group_traffic
-        self._pod_group_traffic = pod_group_traffic
         self._info = info
         self._cap = series_cap
 
@@ -89,17 +86,16 @@ class MulticastCollector(Collector):
         try:
             stats = list(self._pod_stats())
             traffic = {t.group: t for t in self._group_traffic()}
-            shares = {(t.group, f"{t.namespace}/{t.name}"): t for t in self._pod_group_traffic()}
             punts, oversized = dict(self._punt_drops()), dict(self._oversized())
         except (SwitchDisconnected, TimeoutError):
-            readable, stats, traffic, shares, punts, oversized = False, [], {}, {}, {}, {}
+            readable, stats, traffic, punts, oversized = False, [], {}, {}, {}
         up = GaugeMetricFamily("kube_mcast_switch_readable",
                                "1 if this scrape read br-int's counters (0: the bridge is "
                                "away, and the switch's counters are left out)")
         up.add_metric([], 1.0 if readable else 0.0)
         yield up
         yield from self._membership(rows)
-        yield from self._groups(rows, traffic, shares if readable else None)
+        yield from self._groups(rows, traffic)
         yield from self._pods(stats)
         yield from self._node_sources(punts, oversized)
 
@@ -135,10 +131,8 @@ class MulticastCollector(Collector):
             remote.add_metric([node], by_node[node])
         yield from (groups, members, remote)
 
-    def _groups(self, rows: list[GroupMembers], traffic: Mapping[str, GroupTraffic],
-                shares: Mapping[tuple[str, str], PodGroupTraffic] | None) -> Iterator[Metric]:
-        """Per group, and per (pod, group) membership of the chosen groups up to the cap
-        (``shares``: each membership's counting flow; None: the switch was not read)."""
+    def _groups(self, rows: list[GroupMembers],
+                traffic: Mapping[str, GroupTraffic]) -> Iterator[Metric]:
         by_group = {r.group: r for r in rows}
         every = sorted(by_group.keys() | traffic.keys(), key=_addr)
         chosen = every[:self._cap]
@@ -156,14 +150,6 @@ class MulticastCollector(Collector):
             labels=["group"])
         octets = CounterMetricFamily("kube_mcast_group_bytes",
                                      "Bytes of kube_mcast_group_packets", labels=["group"])
-        share_labels = ["namespace", "pod", "group"]
-        share_packets = CounterMetricFamily(
-            "kube_mcast_pod_group_inbound_packets",
-            "Copies of the group delivered to the member pod after its ingress policy, since "
-            "it joined (the pod's part of kube_mcast_pod_inbound_packets)", labels=share_labels)
-        share_bytes = CounterMetricFamily(
-            "kube_mcast_pod_group_inbound_bytes",
-            "Bytes of kube_mcast_pod_group_inbound_packets", labels=share_labels)
         memberships = 0
         for g in chosen:
             row = by_group.get(g)
@@ -173,11 +159,6 @@ class MulticastCollector(Collector):
                 for ref in row.local_pods:
                     if memberships < self._cap:
                         local.add_metric([g, *_split(ref)], 1.0)
-                        if shares is not None:
-                            share = shares.get((g, ref))
-                            counts = (share.packets, share.bytes) if share else (0, 0)
-                            share_packets.add_metric([*_split(ref), g], counts[0])
-                            share_bytes.add_metric([*_split(ref), g], counts[1])
                     memberships += 1
             t = traffic.get(g)
             if t is not None:
@@ -191,7 +172,7 @@ class MulticastCollector(Collector):
             f"{self._cap} of each are exported)", labels=["family"])
         omitted.add_metric(["group"], len(every) - len(chosen))
         omitted.add_metric(["pod_group"], max(0, memberships - self._cap))
-        yield from (group_members, local, packets, octets, share_packets, share_bytes, omitted)
+        yield from (group_members, local, packets, octets, omitted)
 
     @staticmethod
     def _pods(stats: list[PodStats]) -> Iterator[Metric]:
@@ -255,13 +236,10 @@ def collector_of(core: MulticastCore, switch: Switch, node_name: str = "") -> Mu
     def traffic() -> list[GroupTraffic]:
         return group_traffic(switch.flow_stats(*feature_cookie_mask(Feature.GROUP)))
 
-    def shares() -> list[PodGroupTraffic]:
-        return core.counters.pod_group_traffic(core.pod_infos())
-
     info = AgentInfo(node_name or core.cfg.node_name, bridge.node_ip, bridge.mode.value,
                      bridge.round)
     return MulticastCollector(core.members, core.pod_stats, core.punt_drops, core.oversized,
-                              group_traffic=traffic, pod_group_traffic=shares, info=info)
+                              group_traffic=traffic, info=info)
 
 
 def register_collector(core: MulticastCore, switch: Switch,

@@ -47,8 +47,8 @@ from agent.multicast.igmp.querier import Querier
 from agent.multicast.oversize import OversizeLog
 from agent.multicast.policy.enforcer import PolicyEnforcer, RuleCount
 from agent.multicast.restore import restore_members
-from agent.multicast.stats import PodCounters, PodStats
-from pipeline.cookies import Feature
+from agent.multicast.stats import PodStats, pod_stats
+from pipeline.cookies import Feature, feature_cookie_mask
 from pipeline.model import SwitchState
 from pipeline.multicast import BridgeConfig, PuntReason
 from pipeline.oversize import count_meter_id
@@ -121,7 +121,6 @@ class MulticastCore:
         self._refusal_log: dict[Cap, tuple[float, int]] = {}  # cap -> (last logged, since)
         self._next_refresh = clock()
         self.oversize_log = OversizeLog(self._pod_ref_at, clock)  # Feature.OVERSIZE packet-ins
-        self.counters = PodCounters(switch)  # pod and (pod, group) counters, on demand
 
     # ------------------------------------------------------------------ start-up
 
@@ -491,9 +490,9 @@ class MulticastCore:
         return {name: m.packets if (m := meters.get(count_meter_id(port))) else 0
                 for name, port in self._node_ports().items()}
 
-    def pod_infos(self) -> list[PodInfo]:
-        with self._lock:
-            return list(self.pods)
-
     def pod_stats(self) -> list[PodStats]:
-        return self.counters.pod_stats(self.pod_infos())
+        stats = self._switch.flow_stats(*feature_cookie_mask(Feature.POD))
+        meters = self._switch.meter_stats()
+        with self._lock:
+            pods = list(self.pods)
+        return pod_stats(pods, stats, meters)

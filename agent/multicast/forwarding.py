@@ -41,8 +41,6 @@ def group_state(cfg: mc.BridgeConfig, group_ip: str, group_ids: Callable[[str | 
     source not listed by anyone (EXCLUDE mode) and all remote nodes get the (*, G) group; every
     source some member lists gets an (S, G) flow and group with exactly the members that admit
     it, unless that set is the (*, G) one. ``group_ids(None)`` / ``group_ids(S)`` give the ids.
-    With any route flow, each local member also gets its (pod, group) counting flow
-    (``membership_metric_flow``), whatever its source filter.
     """
     remotes = sorted(set(remote_nodes), key=_ip_int)
     any_ports = sorted(p for p, f in local.items() if f.mode is FilterMode.EXCLUDE)
@@ -60,8 +58,6 @@ def group_state(cfg: mc.BridgeConfig, group_ip: str, group_ids: Callable[[str | 
         gid = group_ids(source)
         flows.append(mc.source_route_flow(cfg, source, group_ip, gid))
         groups.append(mc.multicast_group(cfg, gid, ports, remotes))
-    if flows:
-        flows += [mc.membership_metric_flow(cfg, p, group_ip) for p in sorted(local)]
     return SwitchState(flows=tuple(flows), groups=tuple(groups))
 
 

@@ -2,11 +2,9 @@
 
 Owns the step from membership to the switch: for a group whose members changed, read its local
 members (pod ports with their IGMPv3 source filters) and remote members (nodes), build its route
-flows, replication groups and each local member's (pod, group) counting flow
-(``agent.multicast.forwarding``), and set or remove the reconciler key ``(Feature.GROUP, G)``:
-a membership's counting flow comes and goes with it, in the same bundle. Also owns the group
-ids of each multicast group: one for (*, G) and one per (S, G), allocated on first use,
-released when unused, adopted after a restart.
+flows and replication groups (``agent.multicast.forwarding``), and set or remove the reconciler
+key ``(Feature.GROUP, G)``. Also owns the group ids of each multicast group: one for (*, G) and
+one per (S, G), allocated on first use, released when unused, adopted after a restart.
 """
 
 from __future__ import annotations

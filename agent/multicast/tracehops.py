@@ -36,7 +36,7 @@ from pipeline.model import (
 from pipeline.multicast import BridgeConfig, pipeline
 from pipeline.oversize import Punted
 from pipeline.policy import DIMENSION_OBJECT
-from pipeline.readback import local_port_of, pod_group_of, remote_node_of
+from pipeline.readback import local_port_of, remote_node_of
 from pipeline.registers import OUT_KIND, OUT_PORT, OutKind, PortClass
 from pipeline.render import render_actions, render_match
 
@@ -71,9 +71,6 @@ def owner_of(flow: Flow, ports: Mapping[int, str], rules: Mapping[int, str]) -> 
     obj = Cookie.unpack(flow.cookie).object_id
     name = feature.name.lower()
     if feature is Feature.GROUP:
-        if (member := pod_group_of(flow)) is not None:  # a member's counting flow
-            port, group = member
-            return Owner(name, f"{group} member {ports.get(port, f'port {port}')}")
         return Owner(name, _route(flow))
     if feature is Feature.NODE:
         return Owner(name, str(ipaddress.IPv4Address(obj)))

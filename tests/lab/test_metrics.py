@@ -4,10 +4,10 @@ The lab runs each agent inside its node's network namespace with ``metricsPort: 
 (tools/mclab/lab.py), so the test scrapes ``http://127.0.0.1:9464/metrics`` from a thread that
 entered that namespace (``tools.mclab.netns.call_in``), parses the exposition with
 prometheus-client's own parser, and compares two scrapes around real datagrams: per-pod
-packets and bytes out and in, per (pod, group) packets and bytes in, the group's routed
-packets and bytes, its local members, and the IGMP report the agent accepted. OVS pushes
-datapath counters to its flows about once a second, so the test polls until the counters
-reach the amounts and then insists they are exact.
+packets and bytes out and in, the group's routed packets and bytes, its local members, and
+the IGMP report the agent accepted. OVS pushes datapath counters to its flows about once a
+second, so the test polls until the counters reach the amounts and then insists they are
+exact.
 """
 
 from __future__ import annotations
@@ -70,9 +70,6 @@ def test_counters_move_with_real_traffic(lab: Lab) -> None:
     assert value(start, "kube_mcast_switch_readable") == 1
     for p in (rcv1, rcv2):
         assert value(start, "kube_mcast_group_local_member", group=g, **pod_labels(p)) == 1
-        share = ("kube_mcast_pod_group_inbound_packets_total",
-                 frozenset({"group": g, **pod_labels(p)}.items()))
-        assert share in start, "each membership has its (pod, group) series from the join"
     assert value(start, "kube_mcast_group_members", group=g, kind="local") == 2
     accepted_v3 = value(start, "kube_mcast_igmp_messages_total", type="ReportV3",
                         verdict="accepted")
@@ -90,9 +87,7 @@ def test_counters_move_with_real_traffic(lab: Lab) -> None:
         done = (moved(start, now, "kube_mcast_pod_outbound_packets_total", **pod_labels(snd))
                 >= N and all(moved(start, now, "kube_mcast_pod_inbound_packets_total",
                                    **pod_labels(p)) >= N for p in (rcv1, rcv2))
-                and moved(start, now, "kube_mcast_group_packets_total", group=g) >= N
-                and all(moved(start, now, "kube_mcast_pod_group_inbound_packets_total",
-                              group=g, **pod_labels(p)) >= N for p in (rcv1, rcv2)))
+                and moved(start, now, "kube_mcast_group_packets_total", group=g) >= N)
         return now if done else None
 
     end = lab.wait_for(settled, 10.0, "the scraped counters to reach the datagrams sent "
@@ -110,16 +105,6 @@ def test_counters_move_with_real_traffic(lab: Lab) -> None:
     }
     got = {(name, pod): moved(start, end, name, **pod_labels(pod)) for name, pod in expect}
     assert got == expect, lab.debug()
-    # each receiver's share of g, on its (pod, group) flow: all of its inbound here
-    shares = {(name, p.name): moved(start, end, f"kube_mcast_pod_group_inbound_{name}_total",
-                                    group=g, **pod_labels(p))
-              for name in ("packets", "bytes") for p in (rcv1, rcv2, forged)}
-    assert shares == {("packets", "m-rcv1"): N, ("bytes", "m-rcv1"): N * FRAME,
-                      ("packets", "m-rcv2"): N, ("bytes", "m-rcv2"): N * FRAME,
-                      ("packets", "m-v2"): 0, ("bytes", "m-v2"): 0}, lab.debug()
-    g2_share = ("kube_mcast_pod_group_inbound_packets_total",
-                frozenset({"group": g2, **pod_labels(forged)}.items()))
-    assert end.get(g2_share) == 0, lab.debug()  # a member of g2 that got nothing: a 0 series
     assert moved(start, end, "kube_mcast_group_packets_total", group=g) == N
     assert moved(start, end, "kube_mcast_group_bytes_total", group=g) == N * FRAME
     for reason in ("spoofed", "not_multicast", "igmp_rate", "oversized"):

@@ -55,8 +55,7 @@ def build_state(mode: mc.Mode, round_: int, pods: Sequence[int],
                 groups: Mapping[str, tuple[int, Sequence[int], Sequence[str]]],
                 nodes: Sequence[str]) -> SwitchState:
     """Initial flows and meters, pod flows (spoof guard included) and punt meters, per group IP
-    (group id, local ports, remote nodes) its group, route flow and (pod, group) counting flows,
-    and node flows."""
+    (group id, local ports, remote nodes) its group and route flow, and node flows."""
     cfg = config(mode, round_)
     flows = list(mc.initial_flows(cfg))
     meters = list(mc.initial_meters(cfg))
@@ -66,7 +65,6 @@ def build_state(mode: mc.Mode, round_: int, pods: Sequence[int],
     out_groups = []
     for ip, (gid, local, remote) in groups.items():
         flows.append(mc.route_flow(cfg, ip, gid))
-        flows += [mc.membership_metric_flow(cfg, p, ip) for p in sorted(local)]
         out_groups.append(mc.multicast_group(
             cfg, gid, local, remote if mode is mc.Mode.ENCAP else ()))
     for node in nodes:

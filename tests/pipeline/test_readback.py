@@ -3,13 +3,7 @@
 from __future__ import annotations
 
 from pipeline import multicast as mc
-from pipeline.readback import (
-    PodCounter,
-    any_source_routes,
-    pod_counter_of,
-    pod_group_of,
-    routed_group_of,
-)
+from pipeline.readback import PodCounter, any_source_routes, pod_counter_of
 
 CFG = mc.BridgeConfig(mc.Mode.ENCAP, 1, "192.168.77.1", "02:77:00:00:00:01", tunnel_port=100,
                       uplink_port=200)
@@ -35,14 +29,3 @@ def test_pod_counters() -> None:
     guarded = {pod_counter_of(f) for f in mc.pod_flows(CFG, 5, "0a:00:00:00:00:05", "10.0.0.5")}
     assert guarded - {None} == {(c, 5) for c in PodCounter}
     assert all(pod_counter_of(f) is None for f in mc.initial_flows(CFG))
-
-
-def test_pod_group_flows_are_the_pods_inbound_and_not_routes() -> None:
-    share = mc.membership_metric_flow(CFG, 5, "239.1.1.1")
-    assert pod_group_of(share) == (5, "239.1.1.1")
-    assert pod_counter_of(share) == (PodCounter.INBOUND, 5)  # summed into the pod's inbound
-    assert routed_group_of(share) is None
-    route = mc.source_route_flow(CFG, "10.0.0.9", "239.1.1.1", 8)
-    assert routed_group_of(route) == "239.1.1.1" and pod_group_of(route) is None
-    every = [*mc.pod_flows(CFG, 5, "0a:00:00:00:00:05", "10.0.0.5"), *mc.initial_flows(CFG)]
-    assert all(pod_group_of(f) is None for f in every)

@@ -14,7 +14,6 @@ from pipeline import multicast as mc
 from pipeline.fake_table import FakeSwitch, Packet, multicast_mac
 from pipeline.model import IP_PROTO_IGMP, IP_PROTO_UDP, OFPP_CONTROLLER, Flow, Group, Meter
 from pipeline.multicast import BridgeConfig, Mode
-from pipeline.readback import PodCounter, pod_counter_of, pod_group_of
 
 PODS = (1, 2, 3, 4)
 TUNNEL = 100
@@ -29,8 +28,6 @@ G1, G2, G3, G4, G5 = "239.1.1.1", "239.2.2.2", "239.3.3.3", "239.4.4.4", "239.5.
 """G1: pods 2,3 + nodes B,C. G2: pod 4. G3: no group at all. G4: a group with no member left.
 G5: hand-built with the SNAT bucket FIRST, to pin down how OVS leaks NAT into later buckets."""
 GROUP_IDS = {G1: 1, G2: 2, G4: 4, G5: 5}
-MEMBERS = {G1: (2, 3), G2: (4,), G5: (2,)}
-"""Local members, each with its (pod, group) counting flow in the ingress metric table."""
 ALL_HOSTS, V2_LEAVE, V3_REPORTS = "224.0.0.1", "224.0.0.2", "224.0.0.22"
 
 
@@ -89,17 +86,6 @@ class NodeState:
         assert len(found) == 1, found
         return found[0]
 
-    def inbound(self, sw: FakeSwitch, port: int) -> int:
-        """A pod's inbound as the agent reads it (``pipeline.readback``): its own ingress metric
-        flow plus its (pod, group) flows."""
-        return sum(sw.n_packets(f) for f in self.flows
-                   if pod_counter_of(f) == (PodCounter.INBOUND, port))
-
-    def pod_group(self, port: int, group: str) -> Flow:
-        """The (pod, group) counting flow of one local membership."""
-        [found] = [f for f in self.flows if pod_group_of(f) == (port, group)]
-        return found
-
 
 def node(mode: Mode) -> NodeState:
     cfg = config(mode)
@@ -121,7 +107,6 @@ def node(mode: Mode) -> NodeState:
     g5 = mc.multicast_group(cfg, GROUP_IDS[G5], [2], [])
     groups.append(Group(g5.group_id, g5.buckets[::-1]))
     flows += [mc.route_flow(cfg, g, gid) for g, gid in GROUP_IDS.items()]
-    flows += [mc.membership_metric_flow(cfg, p, g) for g, ports in MEMBERS.items() for p in ports]
     return NodeState(cfg, tuple(flows), tuple(groups), tuple(meters))
 
 

@@ -125,7 +125,7 @@ def test_a_member_gets_it_through_the_route_its_group_and_its_bucket(node: Node)
         ("external receivers (the uplink)", "dropped here: a node never relays what came in "
                                             "through the tunnel or the uplink", False)]
     assert tables(res, 1)[:3] == [("MulticastIngressRule", "pipeline"),
-                                  ("MulticastIngressMetric", f"group {G} member ns1/a"),
+                                  ("MulticastIngressMetric", "pod ns1/a"),
                                   ("MulticastOutput", "pipeline")]
     assert res["deliveries"] == [{"port": 1, "to": "pod ns1/a", "tunDst": None}]
     assert res["membership"] == {"group": G, "localPods": ["ns1/a"], "remoteNodes": [NODE2],
@@ -327,8 +327,8 @@ def test_mcctl_prints_the_trace(node: Node, capsys: pytest.CaptureFixture[str]) 
         "    bucket 0 to pod ns1/a (port 1): delivered to pod ns1/a (port 1)",
         "      MulticastIngressRule    priority=0 actions=goto_table:MulticastIngressMetric "
         "[pipeline]",
-        f"      MulticastIngressMetric  priority=210,ip,reg1=0x1,nw_dst={G} "
-        f"actions=goto_table:MulticastOutput [group {G} member ns1/a]",
+        "      MulticastIngressMetric  priority=200,ip,reg1=0x1 "
+        "actions=goto_table:MulticastOutput [pod ns1/a]",
         "      MulticastOutput         priority=200,ip,reg0=0x10/0xf0 "
         "actions=output:NXM_NX_REG1[] [pipeline]",
         "    bucket 1 to external receivers (the uplink): dropped here: a node never relays "

@@ -12,17 +12,11 @@ from prometheus_client.registry import Collector
 from agent.config import parse_config
 from agent.flowsync.reconciler import Reconciler
 from agent.flowsync.switch import FlowStats, SwitchDisconnected
-from agent.interfacestore import PodAttach, PodInfo
+from agent.interfacestore import PodAttach
 from agent.multicast.collector import AgentInfo, MulticastCollector, collector_of
 from agent.multicast.core import GroupMembers, MulticastCore
 from agent.multicast.igmp.packets import GroupRecord, RecordType, build_v3_reports
-from agent.multicast.stats import (
-    GroupTraffic,
-    PodCounters,
-    PodGroupTraffic,
-    PodStats,
-    group_traffic,
-)
+from agent.multicast.stats import GroupTraffic, PodStats, group_traffic
 from pipeline import multicast as mc
 from pipeline.cookies import Feature
 from pipeline.fake_table import Packet
@@ -106,12 +100,6 @@ def test_groups_members_and_traffic_from_the_switch(env) -> None:
                  pod="p3") == 4
     assert value(got, "kube_mcast_pod_inbound_bytes_total", namespace="default",
                  pod="p3") == 0  # the fake table counts no bytes; OVS does (lab test)
-    # each member's share of each group, (S, G) copies under G: p3's inbound is 3 + 1
-    for pod, group, n in (("p2", G, 3), ("p3", G, 3), ("p3", G2, 1)):
-        assert value(got, "kube_mcast_pod_group_inbound_packets_total", namespace="default",
-                     pod=pod, group=group) == n
-    assert value(got, "kube_mcast_pod_group_inbound_packets_total", namespace="default",
-                 pod="p2", group=G2) is None  # not a member
     assert value(got, "kube_mcast_metric_series_omitted", family="group") == 0
 
 
@@ -132,8 +120,6 @@ def test_per_group_series_are_capped_lowest_addresses_first() -> None:
     assert kept == {"239.0.0.1", "239.0.0.2", "239.0.0.3"}
     members = [k for (name, k) in got if name == "kube_mcast_group_local_member"]
     assert len(members) == 3
-    shares = {k for (name, k) in got if name == "kube_mcast_pod_group_inbound_packets_total"}
-    assert shares == set(members)  # the same memberships, at 0 without a counting flow
     assert value(got, "kube_mcast_metric_series_omitted", family="group") == 2
     assert value(got, "kube_mcast_metric_series_omitted", family="pod_group") == 5
     assert value(got, "kube_mcast_members", kind="local") == 8  # totals are never capped
@@ -157,53 +143,6 @@ def test_group_traffic_sums_the_routes_of_a_group() -> None:
              FlowStats(mc.route_flow(cfg, "224.0.1.1", 3), 1, 100)]
     assert group_traffic(flows) == [GroupTraffic("224.0.1.1", 1, 100),
                                     GroupTraffic(G, 13, 1300)]
-
-
-def test_group_traffic_leaves_out_the_members_counting_flows() -> None:
-    cfg = BridgeConfig(Mode.ENCAP, 1, NODE_IP, NODE_MAC, tunnel_port=TUNNEL)
-    flows = [FlowStats(mc.route_flow(cfg, G, 1), 10, 1000),
-             FlowStats(mc.membership_metric_flow(cfg, 4, G), 9, 900)]
-    assert group_traffic(flows) == [GroupTraffic(G, 10, 1000)]
-
-
-class _Counters:
-    """flow_stats of the POD and GROUP features, as set by the test; no meters."""
-
-    def __init__(self) -> None:
-        self.flows: dict[Feature, list[FlowStats]] = {Feature.POD: [], Feature.GROUP: []}
-
-    def flow_stats(self, cookie: int = 0, mask: int = 0) -> list[FlowStats]:
-        return self.flows[Feature(cookie >> 40)]
-
-    def meter_stats(self) -> dict:
-        return {}
-
-
-def test_a_pods_inbound_keeps_its_ended_memberships_counts() -> None:
-    cfg = BridgeConfig(Mode.ENCAP, 1, NODE_IP, NODE_MAC, tunnel_port=TUNNEL)
-    own, share = mc.pod_flows(cfg, 4)[-1], mc.membership_metric_flow(cfg, 4, G)
-    other = mc.membership_metric_flow(cfg, 4, G2)
-    pod = PodInfo("default", "p4", "cid4", "veth4", "10.77.1.5", "0a:00:00:00:00:04", ofport=4)
-    switch = _Counters()
-    counters = PodCounters(switch)  # type: ignore[arg-type]
-
-    def inbound(p: PodInfo = pod) -> tuple[int, int]:
-        (row,) = counters.pod_stats([p])
-        return row.inbound, row.inbound_bytes
-
-    switch.flows[Feature.POD] = [FlowStats(own, 1, 100)]
-    switch.flows[Feature.GROUP] = [FlowStats(share, 5, 500), FlowStats(other, 2, 200)]
-    assert inbound() == (8, 800)
-    assert counters.pod_group_traffic([pod]) == [PodGroupTraffic("default", "p4", G, 5, 500),
-                                                 PodGroupTraffic("default", "p4", G2, 2, 200)]
-    switch.flows[Feature.GROUP] = [FlowStats(other, 3, 300)]  # left G: its flow went
-    assert inbound() == (9, 900)
-    switch.flows[Feature.GROUP] = [FlowStats(other, 3, 300), FlowStats(share, 1, 100)]
-    assert inbound() == (10, 1000)  # joined G again: its new flow counts from 0
-    replaced = PodInfo("default", "p5", "cid5", "veth5", "10.77.1.6", "0a:00:00:00:00:05",
-                       ofport=4)  # another pod on the same port: nothing carried over
-    switch.flows[Feature.GROUP] = []
-    assert inbound(replaced) == (1, 100)
 
 
 class _Refusing(TableSwitch):
