@@ -255,15 +255,17 @@ def _ip(value: Any, where: str) -> str:
         raise WireError(f"{where}: {value!r} is not an IPv4 address") from None
 
 
+def _choice(obj: Mapping[str, Any], key: str, where: str, allowed: tuple[str, ...]) -> str:
+    value = obj.get(key)
+    if value not in allowed:
+        raise WireError(f"{where}.{key}: {value!r} is not one of {', '.join(allowed)}")
+    return str(value)
+
+
 def rule_key_from_json(value: Any, where: str) -> RuleKey:
     obj = _obj(value, where)
-    scope = obj.get("scope")
-    if scope not in SCOPES:
-        raise WireError(f"{where}.scope: {scope!r} is not one of {', '.join(SCOPES)}")
-    direction = obj.get("direction")
-    if direction not in DIRECTIONS:
-        raise WireError(f"{where}.direction: {direction!r} is not one of "
-                        f"{', '.join(DIRECTIONS)}")
+    scope = _choice(obj, "scope", where, SCOPES)
+    direction = _choice(obj, "direction", where, DIRECTIONS)
     namespace = _str(obj, "namespace", where, empty=True)
     if (scope == NAMESPACED) != bool(namespace):
         raise WireError(f"{where}.namespace: a {scope} rule "
@@ -274,9 +276,7 @@ def rule_key_from_json(value: Any, where: str) -> RuleKey:
 
 def rule_from_json(value: Any, where: str) -> Rule:
     obj = _obj(value, where)
-    action = obj.get("action")
-    if action not in ACTIONS:
-        raise WireError(f"{where}.action: {action!r} is not one of {', '.join(ACTIONS)}")
+    action = _choice(obj, "action", where, ACTIONS)
     priority = obj.get("priority")
     if not isinstance(priority, int | float) or isinstance(priority, bool):
         raise WireError(f"{where}.priority: expected a number, got {priority!r}")
