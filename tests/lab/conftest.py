@@ -303,6 +303,21 @@ class Lab:
         assert not check or res.returncode == 0, f"kubectl {' '.join(args)}: {res.stderr}"
         return res
 
+    def multicastgroups(self) -> dict[str, tuple[str, str]]:
+        """``kubectl get multicastgroups`` as typed: {NAME: (GROUP, PODS)}, AGE dropped."""
+        lines = self.kubectl("get", "multicastgroups").stdout.splitlines()
+        if not lines:
+            return {}
+        header = lines[0]
+        assert header.split() == ["NAME", "GROUP", "PODS", "AGE"], lines
+        # cells are cut at the header's column starts: an object just created has no status
+        # yet (the API drops status on create; the controller patches it a moment later), so
+        # its GROUP and PODS cells are blank and its row has fewer words than columns
+        group_at, pods_at, age_at = (header.index(col) for col in ("GROUP", "PODS", "AGE"))
+        return {line[:group_at].strip(): (line[group_at:pods_at].strip(),
+                                          line[pods_at:age_at].strip())
+                for line in lines[1:]}
+
     def mcctl_json(self, node: str, *args: str) -> Any:
         return json.loads(self.mcctl("--node", node, "get", *args, "-o", "json").stdout)
 

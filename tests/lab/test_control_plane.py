@@ -46,27 +46,14 @@ def kubectl(lab: Lab, *args: str) -> str:
     return lab.kubectl(*args).stdout
 
 
-def groups_table(lab: Lab) -> dict[str, tuple[str, str]]:
-    """``kubectl get multicastgroups``: {NAME: (GROUP, PODS)}, AGE dropped."""
-    lines = kubectl(lab, "get", "multicastgroups").splitlines()
-    if not lines:
-        return {}
-    assert lines[0].split() == ["NAME", "GROUP", "PODS", "AGE"], lines
-    out = {}
-    for line in lines[1:]:
-        name, group, rest = line.split(None, 2)
-        out[name] = (group, rest.rsplit(None, 1)[0])
-    return out
-
-
 def wait_groups(lab: Lab, want: dict[str, str], what: str,
                 timeout: float = CONVERGE_S) -> None:
     def ok() -> bool:
-        have = groups_table(lab)
+        have = lab.multicastgroups()
         return have == {g: (g, pods) for g, pods in want.items()}
 
     wait_for(ok, timeout, f"kubectl get multicastgroups to show {want} ({what}); "
-             f"it shows {groups_table(lab)}")
+             f"it shows {lab.multicastgroups()}")
 
 
 def test_nodes_and_pods_are_in_the_api(klab: Lab) -> None:

@@ -93,7 +93,7 @@ def test_a_member_from_outside_and_from_a_local_sender(lab: Lab, pods: dict[str,
     assert _tables(lines) == [
         (2, "Classifier", "pipeline"), (2, "MulticastRouting", f"group (*, {G})"),
         (6, "MulticastIngressRule", "pipeline"),
-        (6, "MulticastIngressMetric", f"group {G} member {rx.ref}"),  # its (pod, group) flow
+        (6, "MulticastIngressMetric", f"pod {rx.ref}"),  # its INBOUND counter flow
         (6, "MulticastOutput", "pipeline")], "\n".join(lines)
     [route] = [ln for ln in lines if ln.startswith("  MulticastRouting ")]
     [group_line] = [ln for ln in lines if ln.startswith("  group ")]

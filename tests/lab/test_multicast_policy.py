@@ -137,8 +137,7 @@ def test_reference_counts_egress_data_and_igmp_rules(lab: Lab, policies: list[st
     lab.wait_members("node2", g3, [rxb], exact=True)
 
     def listed() -> dict[str, str]:  # kubectl get multicastgroups: {GROUP: PODS}
-        lines = lab.kubectl("get", "multicastgroups").stdout.splitlines()[1:]
-        return {ln.split()[1]: ln.split(None, 2)[2].rsplit(None, 1)[0] for ln in lines}
+        return dict(lab.multicastgroups().values())
 
     wait_for(lambda: listed().get(g3) == f"{ns}/rxb" and listed().get(g2) == f"{ns}/rxa, {ns}/rxb",
              ENFORCED_S, f"multicastgroups to list only rxb for G3 (it shows {listed()})")
