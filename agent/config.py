@@ -18,6 +18,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from agent.multicast.igmp.limits import Cap, Limits
+from agent.multicast.uplink import ExternalForwarding
 from agent.podnetwork import MIN_MTU
 from pipeline.multicast import Mode
 from wire.configfile import ConfigError, Schema, key_path, load_yaml, parse_duration
@@ -37,7 +38,7 @@ KEYS: dict[str, tuple[str, ...]] = {
     "featureGates": tuple(FEATURE_GATES),
     "multicast": ("enable", "multicastInterfaces", "igmpQueryInterval", "igmpMaxResponse",
                   "igmpQueryVersions", "igmpRobustness", "limits", "igmpRateLimit",
-                  "interfaceMTU"),
+                  "interfaceMTU", "externalForwarding"),
     "multicast.limits": tuple(c.value for c in Cap),
     "multicast.igmpRateLimit": ("podPps", "tunnelPps", "uplinkPps"),
     "node": ("name", "ip", "mac"),
@@ -98,6 +99,9 @@ class AgentConfig:
     punt_rates: PuntRates = PuntRates()
     interface_mtu: int | None = None  # the pod's multicast interface; None: the uplink's
     controller: ControllerLinkConfig | None = None  # None: no controller (the lab's PUT /v1/nodes)
+    # auto: pod multicast leaves by the uplink only for groups outside hosts reported there,
+    # link-local groups, or every group while a multicast router is heard there (RFC 4541)
+    external_forwarding: ExternalForwarding = ExternalForwarding.AUTO
 
     @property
     def uplink(self) -> str | None:
@@ -130,6 +134,15 @@ def _interface_mtu(mc: dict[str, Any]) -> int | None:
     if mtu is not None and not MIN_MTU <= mtu <= 65535:
         raise ConfigError(f"multicast.interfaceMTU: {mtu} out of range {MIN_MTU}..65535")
     return mtu
+
+
+def _external_forwarding(mc: dict[str, Any]) -> ExternalForwarding:
+    value = _get(mc, "multicast", "externalForwarding", str, "auto")
+    try:
+        return ExternalForwarding(value)
+    except ValueError:
+        raise ConfigError(f"multicast.externalForwarding: {value!r} is not auto or always"
+                          ) from None
 
 
 def _controller(raw: dict[str, Any]) -> ControllerLinkConfig | None:
@@ -234,6 +247,7 @@ def parse_config(raw: dict[str, Any], env: Mapping[str, str] | None = None) -> A
         punt_rates=_punt_rates(mc),
         interface_mtu=_interface_mtu(mc),
         controller=_controller(raw),
+        external_forwarding=_external_forwarding(mc),
     )
 
 

@@ -54,6 +54,7 @@ PHY_PATCH = "mc-patch-int"  # on br-phy, towards br-int
 ROUND_LIMIT = 0xFFFF
 CONNECT_TIMEOUT_S = 30.0
 POLICY_FILE = "policy.json"  # the last policy view, beside the API socket (a run directory)
+UPLINK_FILE = "uplink.json"  # who outside listens, and the uplink's router: beside it too
 DEFAULT_UPLINK_MTU = 1500
 
 
@@ -140,7 +141,8 @@ class Agent:
         core = MulticastCore(cfg, bridge, self.switch, rec, ports,
                              neighbour_seeder=seed if tunnel is not None else None,
                              wake=self.wake.set,
-                             policy_file=Path(cfg.api_socket).parent / POLICY_FILE)
+                             policy_file=Path(cfg.api_socket).parent / POLICY_FILE,
+                             uplink_file=Path(cfg.api_socket).parent / UPLINK_FILE)
         pods = ports.existing_pods()
         core.start(pods, install=lambda: rec.startup(round_), found=self.switch.dump())
         self.db.set_round(round_, cfg.int_bridge)

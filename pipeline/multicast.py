@@ -41,6 +41,8 @@ from pipeline.registers import IN_CLASS, OUT_KIND, OUT_PORT, OutKind, PortClass
 from pipeline.tables import Pipeline
 
 MULTICAST_NET = "224.0.0.0/4"
+LINK_LOCAL_NET = "224.0.0.0/24"
+"""Link-local groups (mDNS, LLMNR ...): a snooping switch floods them to every port."""
 QUERY_GROUP_ID = 0x7FFFFFFF
 """Reserved group that floods agent-built IGMP queries to every local pod."""
 DEFAULT_SNAT_ZONE = 65520
@@ -356,12 +358,17 @@ def initial_flows(cfg: BridgeConfig) -> list[Flow]:
     return flows
 
 
-def default_external_flow(cfg: BridgeConfig) -> Flow:
-    """Pod traffic to a group with no member anywhere still reaches external receivers."""
+def default_external_flow(cfg: BridgeConfig, link_local_only: bool = False) -> Flow:
+    """Pod traffic to a group with no member anywhere still reaches external receivers: of
+    every group, or (``link_local_only``: no router on the uplink) of 224.0.0.0/24 only, which
+    a snooping switch floods; other groups go out only once an outside host asks for them."""
+    match = Match.of((IN_CLASS, PortClass.POD), eth_type=ETH_TYPE_IP)
+    if link_local_only:
+        match = Match.of((IN_CLASS, PortClass.POD), eth_type=ETH_TYPE_IP, ipv4_dst=LINK_LOCAL_NET)
     return _flow(
         layout.ROUTING,
         priorities.DEFAULT_EXTERNAL,
-        Match.of((IN_CLASS, PortClass.POD), eth_type=ETH_TYPE_IP),
+        match,
         (LoadReg(OUT_KIND, OutKind.EXTERNAL), GotoTable(layout.OUTPUT)),
         cfg.cookie(Feature.EXTERNAL),
     )
@@ -400,14 +407,15 @@ def external_bucket() -> Bucket:
 
 
 def multicast_group(cfg: BridgeConfig, group_id: int, local_ports: Iterable[int],
-                    remote_nodes: Iterable[str]) -> Group:
-    """Type-ALL group: one bucket per local member port, per remote node, and to external."""
+                    remote_nodes: Iterable[str], external: bool = True) -> Group:
+    """Type-ALL group: one bucket per local member port, per remote node, and (``external``,
+    with an uplink) to external receivers."""
     buckets = [local_bucket(p) for p in sorted(set(local_ports))]
     if cfg.mode is Mode.ENCAP:
         buckets += [remote_bucket(ip) for ip in sorted(set(remote_nodes), key=_ip_int)]
     elif remote_nodes:
         raise ValueError("noEncap mode has no remote buckets: nodes meet on the underlay")
-    if cfg.uplink_port is not None:
+    if cfg.uplink_port is not None and external:
         # Last, and it must stay last: OVS does not undo a bucket's NAT for later buckets, so
         # any copy made after the SNATed external one would leave with the node's address.
         buckets.append(external_bucket())

@@ -53,7 +53,9 @@ done
 mclab exec idle -- "$PY" "$PROBE" recv 239.99.0.1 5000 --duration 12 --idle 4 >"$out/idle.json" &
 for i in $(seq 1 50); do   # until node1's and node2's agents have seen their receivers
   n=$(for k in 1 2; do mcctl --node node$k get members -o json; done | grep -c "\"$G\"" || true)
-  [ "$n" -ge 2 ] && break; sleep 0.2
+  # and node1 the outside host's report on its uplink: only then do its pods' datagrams go out
+  [ "$n" -ge 2 ] && mcctl --node node1 get members -o json | grep -q "\"$ext_ip\"" && break
+  sleep 0.2
 done
 echo "== members seen by node1's agent"; mcctl --node node1 get members; echo
 echo "== sender (node1) sends $N datagrams to $G"

@@ -72,6 +72,7 @@ class AgentService:
     def members(self) -> list[dict[str, Any]]:
         return [{"group": m.group, "localPods": list(m.local_pods),
                  "remoteNodes": list(m.remote_nodes),
+                 "outsideHosts": list(m.outside_hosts),
                  "sourceFilters": {ref: {"mode": f.mode, "sources": list(f.sources)}
                                    for ref, f in m.source_filters.items()}}
                 for m in self._core.members()]

@@ -113,12 +113,14 @@ class MulticastCollector(Collector):
     @staticmethod
     def _membership(rows: list[GroupMembers]) -> Iterator[Metric]:
         groups = GaugeMetricFamily("kube_mcast_groups",
-                                   "Multicast groups with members, local or remote")
+                                   "Multicast groups with members, local, remote or outside "
+                                   "(hosts that reported them on the uplink)")
         groups.add_metric([], len(rows))
         members = GaugeMetricFamily("kube_mcast_members", "Group memberships by kind",
                                     labels=["kind"])
         members.add_metric(["local"], sum(len(r.local_pods) for r in rows))
         members.add_metric(["remote"], sum(len(r.remote_nodes) for r in rows))
+        members.add_metric(["outside"], sum(len(r.outside_hosts) for r in rows))
         by_node: dict[str, int] = {}
         for r in rows:
             for node in r.remote_nodes:
@@ -138,7 +140,8 @@ class MulticastCollector(Collector):
         chosen = every[:self._cap]
         group_members = GaugeMetricFamily(
             "kube_mcast_group_members", "Members of each group on this node's view, by kind "
-            "(local: pods here; remote: other nodes)", labels=["group", "kind"])
+            "(local: pods here; remote: other nodes; outside: hosts on the uplink)",
+            labels=["group", "kind"])
         local = GaugeMetricFamily(
             "kube_mcast_group_local_member",
             "1 for each local pod that is a member of the group (who receives it here)",
@@ -156,6 +159,7 @@ class MulticastCollector(Collector):
             if row is not None:
                 group_members.add_metric([g, "local"], len(row.local_pods))
                 group_members.add_metric([g, "remote"], len(row.remote_nodes))
+                group_members.add_metric([g, "outside"], len(row.outside_hosts))
                 for ref in row.local_pods:
                     if memberships < self._cap:
                         local.add_metric([g, *_split(ref)], 1.0)

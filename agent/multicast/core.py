@@ -30,6 +30,7 @@ from agent.flowsync.reconciler import Reconciler
 from agent.flowsync.switch import PacketIn, Switch, SwitchDisconnected
 from agent.interfacestore import AttachConflict, InterfaceStore, PodAttach, PodInfo
 from agent.multicast import forwarding as fw
+from agent.multicast import uplink
 from agent.multicast.announcer import Announcer
 from agent.multicast.groups import GroupReplication
 from agent.multicast.igmp.limits import Cap, check_report
@@ -48,9 +49,10 @@ from agent.multicast.oversize import OversizeLog
 from agent.multicast.policy.enforcer import PolicyEnforcer, RuleCount
 from agent.multicast.restore import restore_members
 from agent.multicast.stats import PodStats, pod_stats
+from agent.multicast.uplink import UplinkListeners
 from pipeline.cookies import Feature, feature_cookie_mask
 from pipeline.model import SwitchState
-from pipeline.multicast import BridgeConfig, PuntReason
+from pipeline.multicast import BridgeConfig, Mode, PuntReason
 from pipeline.oversize import count_meter_id
 from wire.nodes import NodeInfo
 from wire.policy import PolicyUpdate, RuleStats
@@ -85,6 +87,7 @@ class GroupMembers:
     local_pods: tuple[str, ...]
     remote_nodes: tuple[str, ...]
     source_filters: dict[str, SourceFilterView] = field(default_factory=dict)
+    outside_hosts: tuple[str, ...] = ()  # hosts that reported the group on the uplink
 
 
 class MulticastCore:
@@ -93,7 +96,7 @@ class MulticastCore:
                  clock: Callable[[], float] = time.monotonic,
                  neighbour_seeder: Callable[[str], object] | None = None,
                  wake: Callable[[], None] = lambda: None,
-                 policy_file: Path | None = None) -> None:
+                 policy_file: Path | None = None, uplink_file: Path | None = None) -> None:
         self.cfg = cfg
         self.bridge = bridge
         self._switch = switch
@@ -109,7 +112,12 @@ class MulticastCore:
         self.remote = Membership(timers, fast_leave=True)  # members: node IPs
         self.pods = InterfaceStore()
         self._nodes: dict[str, str] = {}  # other nodes: name -> tunnel IP
-        self.groups = GroupReplication(bridge, reconciler, self.pods, self.local, self.remote)
+        self.uplink = UplinkListeners(cfg.external_forwarding, timers, self._node_ip_set,
+                                      bridge.node_ip, bridge.mode is Mode.ENCAP,
+                                      max_groups=cfg.limits.groups_per_node)
+        self._uplink_file = uplink_file
+        self.groups = GroupReplication(bridge, reconciler, self.pods, self.local, self.remote,
+                                       self.uplink)
         self.policy = PolicyEnforcer(bridge, reconciler, switch, policy_file)
         self.announcer = Announcer(bridge, switch, self.local, self.node_ips,
                                    cfg.query_versions, cfg.robustness, cfg.query_interval_s,
@@ -134,7 +142,9 @@ class MulticastCore:
         does not cut traffic while pods answer the start-up queries.
         """
         with self._lock:
-            self._rec.set(Feature.PIPELINE, "", fw.pipeline_state(self.bridge))
+            if self._uplink_file is not None:
+                uplink.load(self._uplink_file, self.uplink, self._clock())
+            self._set_pipeline()
             for pod in existing_pods:
                 self._add_pod(pod)
             self.policy.restore(self._pod_ports())  # the last view saved, if any
@@ -145,6 +155,7 @@ class MulticastCore:
                 self.announcer.mark_announced()
                 if restored:
                     log.info("restored members of %d groups found on the switch", len(restored))
+            self.groups.sync(self.uplink.outside.groups())  # outside hosts of the last run
             self._set_query_group()
             if install is not None:
                 install()
@@ -336,7 +347,7 @@ class MulticastCore:
             elif reason is PuntReason.IGMP_TUNNEL:
                 verdict = self._tunnel_igmp(now, ev.tun_src, msg)
             else:
-                verdict = self._uplink_igmp(msg)
+                verdict = self._uplink_igmp(now, msg)
         metrics.IGMP_MESSAGES.labels(type=type(msg).__name__, verdict=verdict).inc()
 
     def settle(self) -> None:
@@ -404,12 +415,34 @@ class MulticastCore:
         self._pending |= self.remote.apply(now, node_ip, msg)
         return "accepted"
 
-    def _uplink_igmp(self, msg: object) -> str:
+    def _uplink_igmp(self, now: float, msg: object) -> str:
         if isinstance(msg, Query):
             # IGMP proxy (RFC 4605): answer the upstream querier with our current membership.
             self.announcer.upstream(self.announcer.current_records())
+            self._uplink_changed(set(), self.uplink.query(now, msg))
             return "answered"
-        return "ignored"
+        if not isinstance(msg, ReportV1 | ReportV2 | LeaveV2 | ReportV3):
+            return "ignored"
+        verdict, changed = self.uplink.report(now, msg)  # an outside host (or a peer) speaks
+        self._uplink_changed(changed, False)
+        return verdict
+
+    def _uplink_changed(self, groups: set[str], all_groups: bool) -> None:
+        """Groups whose external copy changed are rebuilt with the next settle; when a router
+        came or went, every group and the default external flow."""
+        if all_groups:
+            self._set_pipeline()
+            groups = self.local.groups() | self.remote.groups() | self.uplink.outside.groups()
+        self._pending |= groups
+        if self._uplink_file is not None and (groups or self.uplink.router):
+            uplink.save(self._uplink_file, self.uplink, self._clock())
+
+    def _set_pipeline(self) -> None:
+        self._rec.set(Feature.PIPELINE, "",
+                      fw.pipeline_state(self.bridge, external_all=self.uplink.forwards_all))
+
+    def _node_ip_set(self) -> set[str]:
+        return set(self._nodes.values())
 
     # ------------------------------------------------------------------ timers
 
@@ -420,8 +453,8 @@ class MulticastCore:
             if self._pending:
                 return self._clock()
             times = [self._querier.next_due(), self._next_refresh]
-            times += [t for t in (self.local.next_deadline(), self.remote.next_deadline())
-                      if t is not None]
+            times += [t for t in (self.local.next_deadline(), self.remote.next_deadline(),
+                                  self.uplink.next_deadline()) if t is not None]
             return min(times)
 
     def tick(self) -> None:
@@ -429,6 +462,9 @@ class MulticastCore:
         with self._lock:
             now = self._clock()
             self._pending |= self.local.expire(now) | self.remote.expire(now)
+            outside, all_groups = self.uplink.expire(now)
+            if outside or all_groups:
+                self._uplink_changed(outside, all_groups)
             for g in self.local.due_queries(now):
                 self.announcer.query_pods(
                     group=g, max_resp_s=self.local.timers.last_member_query_interval_s)
@@ -461,14 +497,15 @@ class MulticastCore:
     def members(self) -> list[GroupMembers]:
         with self._lock:
             out = []
-            for g in sorted(self.local.groups() | self.remote.groups()):
+            for g in sorted(self.local.groups() | self.remote.groups()
+                            | self.uplink.outside.groups()):
                 local = {p.ref: f for m, f in self.local.members(g).items()
                          if (p := self.pods.get(str(m))) is not None}
                 filters = {ref: SourceFilterView(f.mode.value, tuple(sorted(f.sources)))
                            for ref, f in sorted(local.items()) if f != ANY_SOURCE}
                 out.append(GroupMembers(g, tuple(sorted(local)),
                                         tuple(sorted(str(m) for m in self.remote.members(g))),
-                                        filters))
+                                        filters, tuple(self.uplink.listeners(g))))
             return out
 
     def _node_ports(self) -> dict[str, int]:

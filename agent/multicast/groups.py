@@ -1,10 +1,11 @@
 """Replication state per multicast group: from who is a member to one reconciler key.
 
 Owns the step from membership to the switch: for a group whose members changed, read its local
-members (pod ports with their IGMPv3 source filters) and remote members (nodes), build its route
-flows and replication groups (``agent.multicast.forwarding``), and set or remove the reconciler
-key ``(Feature.GROUP, G)``. Also owns the group ids of each multicast group: one for (*, G) and
-one per (S, G), allocated on first use, released when unused, adopted after a restart.
+members (pod ports with their IGMPv3 source filters), remote members (nodes) and whether the uplink
+wants it (``agent.multicast.uplink``: outside hosts, a router, configuration), build its route flows
+and replication groups (``agent.multicast.forwarding``), and set or remove the reconciler key
+``(Feature.GROUP, G)``. Also owns the group ids of each multicast group: one for (*, G) and one per
+(S, G), allocated on first use, released when unused, adopted after a restart.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from agent.flowsync.reconciler import Reconciler
 from agent.interfacestore import InterfaceStore
 from agent.multicast import forwarding as fw
 from agent.multicast.igmp.membership import Membership, SourceFilter
+from agent.multicast.uplink import UplinkListeners
 from pipeline.cookies import Feature
 from pipeline.multicast import BridgeConfig, Mode
 
@@ -29,12 +31,13 @@ class GroupReplication:
     """Keeps each group's reconciler key in step with its members. Callers hold the lock."""
 
     def __init__(self, bridge: BridgeConfig, reconciler: Reconciler, pods: InterfaceStore,
-                 local: Membership, remote: Membership) -> None:
+                 local: Membership, remote: Membership, uplink: UplinkListeners) -> None:
         self._bridge = bridge
         self._rec = reconciler
         self._pods = pods
         self._local = local
         self._remote = remote
+        self._uplink = uplink
         self._ids = GroupIdAllocator()
         self._keys: dict[str, set[str]] = {}  # group -> its allocator keys in use
 
@@ -55,8 +58,10 @@ class GroupReplication:
                 used.add(key)
                 return self._ids.allocate(key)
 
-            state = fw.group_state(self._bridge, g, group_id, local, remotes) \
-                if local or remotes else None
+            outside = self._uplink.has_listeners(g)
+            state = fw.group_state(self._bridge, g, group_id, local, remotes,
+                                   external=self._uplink.wants(g), outside_listeners=outside) \
+                if local or remotes or outside else None
             if state is None or not state.flows:
                 self._rec.remove(Feature.GROUP, g)
             else:

@@ -255,6 +255,7 @@ def _membership(node: NodeView, group: str, pod: PodInfo, source: str) -> dict[s
                  f"{'admits' if _admits(mine, source) else 'does not admit'} {source})")
     return {"group": group, "localPods": [] if m is None else list(m.local_pods),
             "remoteNodes": [] if m is None else list(m.remote_nodes),
+            "outsideHosts": [] if m is None else list(m.outside_hosts),
             "sourceFilters": filters, "pod": state}
 
 

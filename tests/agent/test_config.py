@@ -16,6 +16,7 @@ from agent.config import (
     parse_config,
     parse_duration,
 )
+from agent.multicast.uplink import ExternalForwarding
 from pipeline.multicast import Mode
 
 BASE = {"node": {"name": "node1", "ip": "192.168.77.1"}}
@@ -98,9 +99,9 @@ def test_misspelt_key_is_an_error_not_a_default(tmp_path) -> None:
     with pytest.raises(ConfigError) as e:
         load_config(path)
     assert str(e.value) == (
-        f"{path}: multicast.igmpQueryIntervall: unknown key (known: enable, igmpMaxResponse, "
-        "igmpQueryInterval, igmpQueryVersions, igmpRateLimit, igmpRobustness, interfaceMTU, "
-        "limits, multicastInterfaces)")
+        f"{path}: multicast.igmpQueryIntervall: unknown key (known: enable, externalForwarding, "
+        "igmpMaxResponse, igmpQueryInterval, igmpQueryVersions, igmpRateLimit, igmpRobustness, "
+        "interfaceMTU, limits, multicastInterfaces)")
 
 
 @pytest.mark.parametrize(("raw", "path"), [
@@ -145,7 +146,7 @@ def test_every_declared_key_is_accepted() -> None:
                       "limits": {"recordsPerReport": 10, "sourcesPerRecord": 11,
                                  "groupsPerPod": 12, "sourcesPerPod": 13, "groupsPerNode": 14},
                       "igmpRateLimit": {"podPps": 15, "tunnelPps": 16, "uplinkPps": 17},
-                      "interfaceMTU": 9000},
+                      "interfaceMTU": 9000, "externalForwarding": "always"},
         "node": {"name": "n1", "ip": "10.0.0.1", "mac": "0a:00:00:00:00:01"},
         "ovs": {"db": "unix:/tmp/db.sock", "runDir": "/tmp/ovs", "datapathType": "netdev",
                 "tunnelType": "geneve", "intBridge": "br-a", "phyBridge": "br-b",
@@ -167,8 +168,15 @@ def test_every_declared_key_is_accepted() -> None:
     assert (cfg.int_bridge, cfg.phy_bridge, cfg.query_versions) == ("br-a", "br-b", (3,))
     assert (cfg.max_response_s, cfg.robustness, cfg.api_socket, cfg.metrics_port) == (
         1, 3, "/tmp/agent.sock", 1)
-    assert cfg.interface_mtu == 9000
+    assert (cfg.interface_mtu, cfg.external_forwarding) == (9000, ExternalForwarding.ALWAYS)
     assert cfg.controller == ControllerLinkConfig("https://ctl:1234", "/t", "/ca")
+
+
+def test_external_forwarding_is_auto_unless_told_always() -> None:
+    assert parse_config(BASE).external_forwarding is ExternalForwarding.AUTO
+    with pytest.raises(ConfigError, match=r"^multicast\.externalForwarding: 'never' is not auto "
+                                          r"or always$"):
+        parse_config({**BASE, "multicast": {"externalForwarding": "never"}})
 
 
 def test_limits_and_punt_rates() -> None:

@@ -445,6 +445,20 @@ class Lab:
                         f"members of {group} on {node} to be {sorted(want)}"
                         f"{' exactly' if exact else ''} (now {self.members(node).get(group)})")
 
+    def wait_outside(self, node: str, group: str, hosts: list[Pod], timeout: float = 10.0
+                     ) -> None:
+        """Poll ``mcctl get members`` until ``node`` heard each outside host of ``hosts``
+        report ``group`` on its uplink: from then on its pods' datagrams to ``group`` go out."""
+        want = {h.ip for h in hosts}
+        wait_for(lambda: want <= self.outside_hosts(node, group), timeout,
+                 f"{node} to hear {sorted(want)} join {group} on its uplink "
+                 f"(now {sorted(self.outside_hosts(node, group))})")
+
+    def outside_hosts(self, node: str, group: str) -> set[str]:
+        """The hosts ``node`` heard report ``group`` on its uplink (``mcctl get members``)."""
+        return {h for r in self.mcctl_json(node, "members") if r["group"] == group
+                for h in r["outsideHosts"]}
+
     def wait_not_members(self, node: str, group: str, pods: list[PodLike],
                          timeout: float = 10.0) -> None:
         gone = {_ref(p) for p in pods}

@@ -191,6 +191,7 @@ def test_spoofed_datagrams_reach_nobody_and_are_counted(make_lab: LabMaker) -> N
         rx.wait_ready()
     lab.wait_members(NODE, g, [ssm, anysrc], exact=True)
     lab.wait_members("node2", g, [remote], exact=True)
+    lab.wait_outside(NODE, g, [ext])
     node1_ip, victim_mac = lab.node_state(NODE)["ip"], lab.mac(victim)
 
     # The victim's own datagrams: every receiver gets them (the receivers work).
@@ -257,6 +258,7 @@ def test_pods_cannot_query_pods_nor_write_to_tunnel_or_underlay(make_lab: LabMak
         rx.wait_ready()
     lab.wait_members(NODE, g, [local], exact=True)
     lab.wait_members("node2", g, [remote], exact=True)
+    lab.wait_outside(NODE, g, [ext])
 
     # Queries: any IGMP query not from an agent (or carrying mcattack's marker code 77).
     node_macs = " and ".join(f"not ether src {n['mac']}" for n in (n1, n2))

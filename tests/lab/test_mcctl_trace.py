@@ -1,12 +1,13 @@
 """``mcctl trace`` against a running 2-node lab (encap) after real joins: the agent dumps the real
 br-int, walks the datagram on the fake table and explains it.
 
-Pods on node1: a receiver joined to G (``mcprobe recv``), a pod that joined nothing, a sender;
-on node2 a receiver, so node1's group of G also has a bucket for node2. The exact text shape is
-checked (``tools.mcctl.trace``): the header lines with the verdict, the tables crossed in order
-with their flows' owners, the group's buckets and what became of each copy, the membership.
-The flows' priorities, matches and actions are whatever the agent installed: they must parse
-as a table line, and the route must point at the group that ran.
+Pods on node1: a receiver joined to G (``mcprobe recv``), a pod that joined nothing, a sender; on
+node2 a receiver, so node1's group of G also has a bucket for node2; an outside host joined to G
+too, which node1 hears on its uplink, so the group also has an external bucket. The exact text
+shape is checked (``tools.mcctl.trace``): the header lines with the verdict, the tables crossed in
+order with their flows' owners, the group's buckets and what became of each copy, the membership.
+The flows' priorities, matches and actions are whatever the agent installed: they must parse as a
+table line, and the route must point at the group that ran.
 """
 
 from __future__ import annotations
@@ -31,20 +32,22 @@ TABLE_LINE = re.compile(r"^(?P<indent> +)(?P<table>Multicast\w+|Classifier) +"
 @pytest.fixture(scope="module")
 def pods(lab: Lab) -> dict[str, Pod]:
     pods = {"rx": lab.create_pod("tr-rx", NODE), "non": lab.create_pod("tr-non", NODE),
-            "tx": lab.create_pod("tr-tx", NODE), "far": lab.create_pod("tr-far", "node2")}
-    receivers = [lab.start_receiver(pods["rx"], G, PORT).wait_ready(),
-                 lab.start_receiver(pods["far"], G, PORT).wait_ready()]
+            "tx": lab.create_pod("tr-tx", NODE), "far": lab.create_pod("tr-far", "node2"),
+            "out": lab.create_external("tr-out")}
+    receivers = [lab.start_receiver(pods[p], G, PORT).wait_ready() for p in ("rx", "far", "out")]
 
     def joined() -> bool:
         m = _json(lab, "--pod", pods["rx"].ref)["membership"]
-        return m["localPods"] == [pods["rx"].ref] and m["remoteNodes"] == [NODE2_IP]
+        return m["localPods"] == [pods["rx"].ref] and m["remoteNodes"] == [NODE2_IP] \
+            and m["outsideHosts"] == [pods["out"].ip]
 
     try:
         # each node's own join first, so a failure says which side is missing
         lab.wait_members(NODE, G, [pods["rx"]], timeout=15)
         lab.wait_members("node2", G, [pods["far"]], timeout=15)
-        lab.wait_for(joined, 15, f"{pods['rx'].ref} and node2 to be members of {G} on {NODE}"
-                     f" (node1's members: {lab.members(NODE)})")
+        lab.wait_for(joined, 15, f"{pods['rx'].ref}, node2 and {pods['out'].ip} (outside) to be "
+                     f"members of {G} on {NODE} (node1's members: "
+                     f"{lab.mcctl_json(NODE, 'members')})")
     except BaseException:  # their processes would outlive the lab
         for r in receivers:
             r.stop()
@@ -105,10 +108,11 @@ def test_a_member_from_outside_and_from_a_local_sender(lab: Lab, pods: dict[str,
         f"    bucket 0 to pod {rx.ref} (port {port}): delivered to pod {rx.ref} (port {port})",
         f"    bucket 1 to node {NODE2_IP} (the tunnel): {relay}",
         f"    bucket 2 to external receivers (the uplink): {relay}"], "\n".join(lines)
-    assert lines[-4:] == [
+    assert lines[-5:] == [
         f"Membership of {G}:",
         f"  Local pods:    {rx.ref}",
         f"  Remote nodes:  {NODE2_IP}",
+        f"  Outside hosts: {pods['out'].ip}",
         _member_line(rx.ref, "member (any source)")], "\n".join(lines)
 
     tx = pods["tx"]

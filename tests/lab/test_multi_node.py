@@ -92,11 +92,15 @@ class MultiLab(Lab):
             by_node.setdefault(p.node, []).append(p)
         for node, pods in by_node.items():
             self.wait_members(node, group, pods, exact=True, timeout=timeout)
+        want = {NODE_IP[n] for n in by_node if n != sender_node}
         if self.mode == "encap":
-            want = {NODE_IP[n] for n in by_node if n != sender_node}
             wait_for(lambda: self.remote_nodes(sender_node, group) == want, timeout,
                      f"{sender_node} to list {sorted(want)} as remote members of {group} "
                      f"(now {sorted(self.remote_nodes(sender_node, group))})")
+        else:  # the other nodes' reports upstream, heard on the sender's uplink
+            wait_for(lambda: want <= self.outside_hosts(sender_node, group), timeout,
+                     f"{sender_node} to hear {sorted(want)} report {group} on its uplink "
+                     f"(now {sorted(self.outside_hosts(sender_node, group))})")
 
     # -- OVS counters ------------------------------------------------------------------------
 
@@ -334,6 +338,7 @@ class _BothModes:
                    "n2a": mlab.start_receiver(pods["n2a"], g, port)}  # a member inside too
         ready(*members.values())
         mlab.wait_joined(g, [pods["n2a"]])
+        mlab.wait_outside("node1", g, [ext])  # its report, heard on node1's uplink
 
         send_n_then_burst(mlab, snd, g, port, members, "pod->external")
 
@@ -364,6 +369,32 @@ class _BothModes:
         assert other_rx.stop()["n"] == 0
         seen = {n: s.stop()["n"] for n, s in sniffers.items()}
         assert seen == dict.fromkeys(sniffers, 0), f"frames of {g} at non-members: {seen}"
+
+    def test_pod_traffic_leaves_by_the_uplink_only_while_outside_asks(
+            self, mlab: MultiLab, pods: dict[str, Pod]) -> None:
+        """RFC 4541 on the uplink (no querier there): while no outside host has reported G,
+        none of a pod's datagrams to G leave its node (a sniffer on an outside host, joined to
+        nothing, sees none); once one joins, all of them reach it; once it leaves, none again.
+        Runs before the proxy test, whose query makes the uplink a router port for minutes."""
+        g, port = grp(mlab, 12), 6120
+        ext, snd = mlab.create_external("x12"), pods["n1s"]
+
+        def leaves_nothing(when: str) -> None:
+            sniffer = mlab.start_sniffer(ext, g, port).wait_ready()
+            mlab.send(snd, g, port, N, ttl=TTL)
+            time.sleep(QUIET_S)
+            assert sniffer.stop()["n"] == 0, f"{when}: {g} left node1 with nobody outside asking"
+
+        leaves_nothing("before any outside join")
+        rx = mlab.start_receiver(ext, g, port).wait_ready()
+        mlab.wait_outside("node1", g, [ext])
+        mlab.send(snd, g, port, N, ttl=TTL)
+        assert rx.wait_count(N) == N
+        got = rx.stop()  # the socket closes: the host's kernel leaves (TO_IN {})
+        assert got["n"] == N, got
+        wait_for(lambda: not mlab.outside_hosts("node1", g), 10.0,
+                 f"node1 to drop {ext.ip} from {g} after its leave")
+        leaves_nothing("after the outside host left")
 
     def test_igmp_proxy_upstream(self, mlab: MultiLab, pods: dict[str, Pod]) -> None:
         g, port = grp(mlab, 6), 6060

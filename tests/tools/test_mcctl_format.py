@@ -179,7 +179,8 @@ MEMBERS: list[dict[str, Any]] = [
      "remoteNodes": ["10.99.0.2", "10.99.0.3"],
      "sourceFilters": {"default/rx2": {"mode": "include", "sources": ["10.0.0.1", "10.0.0.2"]},
                        "trading/rx3": {"mode": "exclude", "sources": ["10.0.0.9"]}}},
-    {"group": "239.2.2.2", "localPods": [], "remoteNodes": ["10.99.0.2"], "sourceFilters": {}},
+    {"group": "239.2.2.2", "localPods": [], "remoteNodes": ["10.99.0.2"], "sourceFilters": {},
+     "outsideHosts": ["192.0.2.7"]},
     # an agent from before source filters: no sourceFilters key at all
     {"group": "239.3.3.3", "localPods": ["default/rx1"], "remoteNodes": []},
 ]
@@ -216,7 +217,7 @@ def test_sources_column() -> None:
     assert sources_cell({"mode": "include", "sources": []}) == "include <none>"
 
 
-def test_members_one_row_per_subscriber_local_endpoints_then_remote_nodes() -> None:
+def test_members_one_row_per_subscriber_local_endpoints_then_remote_nodes_then_outside() -> None:
     out = _members()
     lines = out.splitlines()
     assert lines[0].split() == ["GROUP", "SUBSCRIBER", "TYPE", "SOURCES"]
@@ -231,6 +232,7 @@ def test_members_one_row_per_subscriber_local_endpoints_then_remote_nodes() -> N
         ["239.1.1.1", "10.99.0.2", "Remote Node", "*"],
         ["239.1.1.1", "10.99.0.3", "Remote Node", "*"],
         ["239.2.2.2", "10.99.0.2", "Remote Node", "*"],
+        ["239.2.2.2", "192.0.2.7", "Outside Host", "*"],
         ["239.3.3.3", "default/rx1", "Local Endpoint", "*"],
     ]
     assert _members("-o", "table") == out
@@ -242,7 +244,7 @@ def test_members_of_one_group_and_of_an_unknown_one() -> None:
     from tools.mcctl.cli import ApiError, UsageError
 
     assert [ln.split()[:2] for ln in _members("239.2.2.2").splitlines()[1:]] == [
-        ["239.2.2.2", "10.99.0.2"]]
+        ["239.2.2.2", "10.99.0.2"], ["239.2.2.2", "192.0.2.7"]]
     with pytest.raises(ApiError, match="group 239.9.9.9 has no members on this node"):
         _members("239.9.9.9")
     with pytest.raises(UsageError, match="not a multicast address"):

@@ -22,6 +22,7 @@ resource has more), json and yaml (the rows as data)."""
 
 LOCAL = "Local Endpoint"
 REMOTE = "Remote Node"
+OUTSIDE = "Outside Host"
 MEMBER_HEADERS = ["GROUP", "SUBSCRIBER", "TYPE", "SOURCES"]
 MEMBER_WIDE_HEADERS = [*MEMBER_HEADERS, "IP", "OFPORT", "INTERFACE"]
 
@@ -77,9 +78,10 @@ def member_rows(members: Sequence[Mapping[str, Any]],
 
     One row per subscriber, group by group as the agent orders them: first the group's local
     pods (``Local Endpoint``, SUBSCRIBER ``ns/name``, SOURCES their filter), then the nodes it
-    forwards the group to (``Remote Node``, SUBSCRIBER the node IP, SOURCES ``*``: the node
-    gets every source, its agent filters for its pods). With ``pods`` ({ref: [ip, ofport,
-    interface]}), the wide columns: a local pod's, a remote node's IP and ``-``.
+    forwards the group to (``Remote Node``, SUBSCRIBER the node IP, SOURCES ``*``: the node gets
+    every source, its agent filters for its pods), then the hosts that reported it on the uplink
+    (``Outside Host``, SUBSCRIBER the host's IP, SOURCES ``*``). With ``pods`` ({ref: [ip,
+    ofport, interface]}), the wide columns: a local pod's, a remote node's IP and ``-``.
     """
     rows: list[list[object]] = []
     for m in members:
@@ -93,5 +95,10 @@ def member_rows(members: Sequence[Mapping[str, Any]],
             row = [m["group"], node, REMOTE, "*"]
             if pods is not None:
                 row += [node, "-", "-"]
+            rows.append(row)
+        for host in m.get("outsideHosts", []):
+            row = [m["group"], host, OUTSIDE, "*"]
+            if pods is not None:
+                row += [host, "-", "-"]
             rows.append(row)
     return rows

@@ -135,6 +135,8 @@ def _membership(m: dict[str, Any], pod: str) -> list[str]:
     lines = [f"Membership of {m['group']}:",
              _line("Local pods", ",".join(m["localPods"]) or "<none>", 2),
              _line("Remote nodes", ",".join(m["remoteNodes"]) or "<none>", 2)]
+    if m.get("outsideHosts"):
+        lines.append(_line("Outside hosts", ",".join(m["outsideHosts"]), 2))
     for ref, f in sorted(m["sourceFilters"].items()):
         if ref != pod:
             lines.append(_line(ref, f"{f['mode']} {','.join(f['sources']) or 'no source'}", 2))

@@ -66,7 +66,7 @@ def test_members_stats_flows_and_health_as_json(served) -> None:
     from pipeline.multicast import PuntReason
     core.handle_packet_in(PacketIn(pod.ofport, bytes([PuntReason.IGMP_POD]), frame, None, 0, 0, 0))
     assert client.members() == [{
-        "group": "239.1.1.1", "localPods": ["ns1/a"], "remoteNodes": [],
+        "group": "239.1.1.1", "localPods": ["ns1/a"], "remoteNodes": [], "outsideHosts": [],
         "sourceFilters": {"ns1/a": {"mode": "include", "sources": ["10.9.9.9"]}}}]
     assert client.pod_stats() == [{"namespace": "ns1", "name": "a", "inbound": 0,
                                    "outbound": 0, "dropped": {"spoofed": 0, "notMulticast": 0,

@@ -64,7 +64,10 @@ def make(tmp_path: Path) -> Iterator[Callable[..., Node]]:
     servers: list[LocalApiServer] = []
 
     def build(mode: Mode = Mode.ENCAP, **bridge_kw: Any) -> Node:
-        cfg = parse_config({"node": {"name": "node1", "ip": NODE_IP}})
+        # every group also out the uplink, whoever listens there (the trace of the uplink's
+        # own choice is the lab's, tests/lab/test_mcctl_trace.py)
+        cfg = parse_config({"node": {"name": "node1", "ip": NODE_IP},
+                            "multicast": {"externalForwarding": "always"}})
         tunnel = TUNNEL if mode is Mode.ENCAP else None
         bridge = BridgeConfig(mode, 1, NODE_IP, "02:77:00:00:00:01", tunnel_port=tunnel,
                               uplink_port=UPLINK, **bridge_kw)
@@ -129,7 +132,8 @@ def test_a_member_gets_it_through_the_route_its_group_and_its_bucket(node: Node)
                                   ("MulticastOutput", "pipeline")]
     assert res["deliveries"] == [{"port": 1, "to": "pod ns1/a", "tunDst": None}]
     assert res["membership"] == {"group": G, "localPods": ["ns1/a"], "remoteNodes": [NODE2],
-                                 "sourceFilters": {}, "pod": "member (any source)"}
+                                 "outsideHosts": [], "sourceFilters": {},
+                                 "pod": "member (any source)"}
 
 
 def test_a_non_member_is_not_delivered_as_not_a_member(node: Node) -> None:

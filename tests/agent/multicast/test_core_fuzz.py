@@ -48,6 +48,10 @@ from pipeline.model import OFPP_CONTROLLER, Output, SetTunnelDst
 from pipeline.multicast import BridgeConfig, Mode, PuntReason
 from wire.nodes import NodeInfo
 
+# These tests are about membership, replication, policy and counters: every copy also goes
+# out the uplink, as before the uplink chose (its own choice: test_core_uplink.py).
+ALWAYS = "always"
+
 NODE_IP, NODE_MAC = "192.168.77.1", "02:77:00:00:00:01"
 NODE2, NODE3 = "192.168.77.2", "192.168.77.3"
 TUNNEL, UPLINK = 65000, 65001
@@ -79,7 +83,8 @@ def make_env() -> Env:
     """A core as tests/agent/multicast/test_core.py builds it, peer NODE2 known, p2 in G."""
     cfg = parse_config({"node": {"name": "node1", "ip": NODE_IP},
                         "multicast": {"igmpQueryInterval": "10s",
-                                      "multicastInterfaces": ["eth0"]}})
+                                      "multicastInterfaces": ["eth0"],
+                                      "externalForwarding": ALWAYS}})
     bridge = BridgeConfig(Mode.ENCAP, 1, NODE_IP, NODE_MAC, tunnel_port=TUNNEL,
                           uplink_port=UPLINK)
     switch, clock = TableSwitch(tunnel_ports=(TUNNEL,)), Clock()

@@ -40,6 +40,10 @@ from wire.policy import (
     full_update,
 )
 
+# These tests are about membership, replication, policy and counters: every copy also goes
+# out the uplink, as before the uplink chose (its own choice: test_core_uplink.py).
+ALWAYS = "always"
+
 NODE_IP, NODE_MAC, UPLINK = "192.168.77.1", "02:77:00:00:00:01", 65001
 G, G2, G3 = "239.1.1.1", "239.2.2.2", "239.3.3.3"
 POD = bytes([PuntReason.IGMP_POD])
@@ -48,7 +52,8 @@ POD = bytes([PuntReason.IGMP_POD])
 def make_core(switch: TableSwitch, policy_file=None) -> MulticastCore:
     cfg = parse_config({"node": {"name": "node1", "ip": NODE_IP},
                         "multicast": {"igmpQueryInterval": "10s",
-                                      "multicastInterfaces": ["eth0"]}})
+                                      "multicastInterfaces": ["eth0"],
+                                      "externalForwarding": ALWAYS}})
     bridge = BridgeConfig(Mode.NOENCAP, 1, NODE_IP, NODE_MAC, uplink_port=UPLINK)
     return MulticastCore(cfg, bridge, switch, Reconciler(switch, multicast_pipeline()),
                          Ports(), clock=Clock(), policy_file=policy_file)
@@ -58,7 +63,8 @@ def make_core(switch: TableSwitch, policy_file=None) -> MulticastCore:
 def env():
     cfg = parse_config({"node": {"name": "node1", "ip": NODE_IP},
                         "multicast": {"igmpQueryInterval": "10s",
-                                      "multicastInterfaces": ["eth0"]}})
+                                      "multicastInterfaces": ["eth0"],
+                                      "externalForwarding": ALWAYS}})
     bridge = BridgeConfig(Mode.NOENCAP, 1, NODE_IP, NODE_MAC, uplink_port=UPLINK)
     switch = TableSwitch()
     agent = MulticastCore(cfg, bridge, switch, Reconciler(switch, multicast_pipeline()),

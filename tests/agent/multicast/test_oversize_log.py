@@ -33,6 +33,10 @@ from pipeline.multicast import BridgeConfig, Mode, PuntReason
 from pipeline.oversize import Punted
 from pipeline.registers import PortClass
 
+# These tests are about membership, replication, policy and counters: every copy also goes
+# out the uplink, as before the uplink chose (its own choice: test_core_uplink.py).
+ALWAYS = "always"
+
 NODE_IP, NODE_MAC, NODE2 = "192.168.77.1", "02:77:00:00:00:01", "192.168.77.2"
 TUNNEL, UPLINK = 65000, 65001
 G = "239.1.1.1"
@@ -51,7 +55,8 @@ class Clock:
 @pytest.fixture
 def env():
     cfg = parse_config({"node": {"name": "node1", "ip": NODE_IP},
-                        "multicast": {"multicastInterfaces": ["eth0"]}})
+                        "multicast": {"multicastInterfaces": ["eth0"],
+                                      "externalForwarding": ALWAYS}})
     bridge = BridgeConfig(Mode.ENCAP, 1, NODE_IP, NODE_MAC, tunnel_port=TUNNEL,
                           uplink_port=UPLINK, max_pod_frame=SEND, max_received_frame=RECEIVE)
     switch, clock = TableSwitch(tunnel_ports=(TUNNEL,)), Clock()
