@@ -102,9 +102,18 @@ def action_size(action: Action) -> int:
     raise TypeError(f"unknown action {action!r}")
 
 
+_SIZE_ATTR = "_wire_size"
+
+
 def bucket_size(bucket: Bucket) -> int:
-    """Bytes of one bucket in an OpenFlow 1.5 group mod."""
-    return BUCKET_HEADER + sum(action_size(a) for a in bucket.actions)
+    """Bytes of one bucket in an OpenFlow 1.5 group mod; worked out once per bucket object
+    and kept on it (buckets are immutable, and the builders hand every group of a node the
+    same object for the same member: the differ sizes each group it adds or modifies)."""
+    size: int | None = bucket.__dict__.get(_SIZE_ATTR)
+    if size is None:
+        size = BUCKET_HEADER + sum(action_size(a) for a in bucket.actions)
+        object.__setattr__(bucket, _SIZE_ATTR, size)  # not a field: eq and hash ignore it
+    return size
 
 
 def group_mod_size(group: Group) -> int:

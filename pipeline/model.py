@@ -88,6 +88,16 @@ class Match:
 
     fields: tuple[FieldMatch, ...] = ()
 
+    def __hash__(self) -> int:
+        # Worked out once per match: flows are looked up by (table, priority, match) all
+        # through a reconcile (indexes, owners, merges), and a tuple of dataclasses would
+        # hash every field again each time. Kept beside the fields: eq ignores it.
+        cached: int | None = self.__dict__.get("_hash")
+        if cached is None:
+            cached = hash(self.fields)
+            object.__setattr__(self, "_hash", cached)
+        return cached
+
     @classmethod
     def of(cls, *regs: tuple[RegField, int], **kw: int | str) -> Match:
         """Build a match: ``Match.of((IN_CLASS, POD), in_port=3, ipv4_dst="224.0.0.0/4")``.

@@ -7,6 +7,7 @@ DESIGN.md section 2 and tested on the fake table and on real OVS.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -390,18 +391,21 @@ def node_flows(cfg: BridgeConfig, node_ip: str) -> list[Flow]:
     ]
 
 
+@functools.lru_cache(maxsize=65536)
 def local_bucket(ofport: int) -> Bucket:
     """A copy for a local pod: through the receiving pod's ingress rule and metric."""
     return Bucket((LoadReg(OUT_KIND, OutKind.LOCAL), LoadReg(OUT_PORT, ofport),
                    Resubmit(layout.INGRESS_RULE)))
 
 
+@functools.lru_cache(maxsize=65536)
 def remote_bucket(node_ip: str) -> Bucket:
     """A copy for a remote node: straight to the tunnel; the receiving node enforces policy."""
     return Bucket((LoadReg(OUT_KIND, OutKind.REMOTE), SetTunnelDst(node_ip),
                    Resubmit(layout.OUTPUT)))
 
 
+@functools.lru_cache(maxsize=1)
 def external_bucket() -> Bucket:
     return Bucket((LoadReg(OUT_KIND, OutKind.EXTERNAL), Resubmit(layout.OUTPUT)))
 
