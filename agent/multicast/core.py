@@ -375,7 +375,8 @@ class MulticastCore:
             return "dropped_by_policy"  # no membership: no delivery, not reported
         msg = judged
         cap = check_report(self.limits, msg, self.local.filters_of(pod.container_id),
-                           self._node_has_group, self._node_group_count)
+                           self._node_has_group, self._node_group_count,
+                           self.local.source_count(pod.container_id))
         if cap is not None:
             self._refused(cap, pod)
             return "over_cap"

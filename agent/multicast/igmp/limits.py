@@ -71,12 +71,15 @@ def _records(msg: Report) -> list[tuple[str, RecordType, tuple[str, ...]]]:
 
 
 def check_report(limits: Limits, msg: Report, held: Mapping[str, SourceFilter],
-                 node_has: Callable[[str], bool], node_groups: Callable[[], int]) -> Cap | None:
+                 node_has: Callable[[str], bool], node_groups: Callable[[], int],
+                 held_sources: int | None = None) -> Cap | None:
     """The cap ``msg`` from a member holding ``held`` would break (None: take it).
 
     ``node_has`` answers whether the node already has a group (any member, local or remote),
     ``node_groups`` counts them; it is called only for a report that brings new groups, so
     refreshes, the bulk of reports, cost nothing proportional to the node's groups.
+    ``held_sources`` is the sources over all of ``held`` when the caller keeps that count (the
+    membership table does): then a report costs nothing proportional to the member's groups.
     """
     records = _records(msg)
     if len(records) > limits.records_per_report:
@@ -92,7 +95,8 @@ def check_report(limits: Limits, msg: Report, held: Mapping[str, SourceFilter],
     groups_after = groups_now + sum((f is not None) - (g in held) for g, f in after.items())
     if groups_after > max(limits.groups_per_pod, groups_now):
         return Cap.GROUPS_PER_POD
-    sources_now = sum(len(f.sources) for f in held.values())
+    sources_now = held_sources if held_sources is not None else sum(
+        len(f.sources) for f in held.values())
     sources_after = sources_now + sum(
         (len(f.sources) if f is not None else 0) - (len(held[g].sources) if g in held else 0)
         for g, f in after.items())

@@ -31,7 +31,7 @@ import enum
 import heapq
 import itertools
 from collections import deque
-from collections.abc import Hashable, Iterable
+from collections.abc import Hashable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
 from agent.multicast.igmp.packets import LeaveV2, RecordType, ReportV1, ReportV2, ReportV3
@@ -125,6 +125,7 @@ class Membership:
         self.fast_leave = fast_leave
         self._groups: dict[str, dict[Member, _Entry]] = {}
         self._of: dict[Member, set[str]] = {}
+        self._sources: dict[Member, int] = {}  # member -> sources listed over its groups
         # Lazy min-heap of (expires, seq, group, member): a refresh pushes a new item and the
         # old one is skipped when popped, so ageing is O(log n) per report, not a full scan.
         self._heap: list[tuple[float, int, str, Member]] = []
@@ -182,10 +183,12 @@ class Membership:
             entry = _Entry(new, 0.0)
             self._groups.setdefault(group, {})[member] = entry
             self._of.setdefault(member, set()).add(group)
+            self._sources[member] = self._sources.get(member, 0) + len(new.sources)
             self._entries += 1
             changed = True
         else:
             changed = entry.filter != new
+            self._sources[member] += len(new.sources) - len(entry.filter.sources)
             entry.filter = new
             if entry.leaving:
                 entry.leaving = False
@@ -248,9 +251,15 @@ class Membership:
     def group_count(self) -> int:
         return len(self._groups)
 
-    def filters_of(self, member: Member) -> dict[str, SourceFilter]:
-        """Every group ``member`` is in, with its filter (to check a report against caps)."""
-        return {g: self._groups[g][member].filter for g in self._of.get(member, ())}
+    def filters_of(self, member: Member) -> Mapping[str, SourceFilter]:
+        """Every group ``member`` is in, with its filter (to check a report against caps): a
+        view read in place, so a report costs nothing proportional to the member's groups.
+        Valid until the membership changes."""
+        return _Held(self._groups, self._of.get(member, _NO_GROUPS), member)
+
+    def source_count(self, member: Member) -> int:
+        """Sources ``member`` lists over all its groups (kept as reports change them)."""
+        return self._sources.get(member, 0)
 
     def next_deadline(self) -> float | None:
         """When to call `expire`/`due_queries` next, or None if neither has anything to do.
@@ -283,12 +292,14 @@ class Membership:
 
     def _drop(self, group: str, member: Member) -> None:
         members = self._groups[group]
+        self._sources[member] -= len(members[member].filter.sources)
         del members[member]
         if not members:
             del self._groups[group]
         self._of[member].discard(group)
         if not self._of[member]:
             del self._of[member]
+            del self._sources[member]
         self._entries -= 1
         self._settle_queries(group)
 
@@ -297,3 +308,30 @@ class Membership:
         if group in self._queries and not any(
                 e.leaving for e in self._groups.get(group, {}).values()):
             del self._queries[group]
+
+
+_NO_GROUPS: frozenset[str] = frozenset()
+
+
+class _Held(Mapping[str, SourceFilter]):
+    """One member's groups and filters, read from the table in place (``filters_of``)."""
+
+    __slots__ = ("_groups", "_mine", "_member")
+
+    def __init__(self, groups: dict[str, dict[Member, _Entry]], mine: set[str] | frozenset[str],
+                 member: Member) -> None:
+        self._groups, self._mine, self._member = groups, mine, member
+
+    def __getitem__(self, group: str) -> SourceFilter:
+        if group not in self._mine:
+            raise KeyError(group)
+        return self._groups[group][self._member].filter
+
+    def __contains__(self, group: object) -> bool:
+        return group in self._mine
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._mine)
+
+    def __len__(self) -> int:
+        return len(self._mine)

@@ -359,9 +359,15 @@ def test_next_deadline_is_exact_under_random_events() -> None:
         else:
             srcs = rng.sample(["s1", "s2"], rng.randint(0, 2))
             m.apply(now, member, v3((kind, group, srcs)), fast_leave=rng.random() < 0.3)
+        for who in members:  # the view and the kept count agree with the table
+            held = m.filters_of(who)
+            assert dict(held) == {g: f for g in m.groups()
+                                  for w, f in m.members(g).items() if w == who}
+            assert m.source_count(who) == sum(len(f.sources) for f in held.values())
     while step_to_deadline(m) is not None:
         pass
     assert m.groups() == set()
+    assert [m.source_count(w) for w in members] == [0, 0, 0] and not m._sources
 
 
 def test_many_refreshes_do_not_grow_state() -> None:
