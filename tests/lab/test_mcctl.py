@@ -74,7 +74,7 @@ def test_members_podmulticaststats_and_pods_after_real_traffic(lab: Lab,
     assert _get(lab, "members", G) == want
     # json and yaml: the agent's rows, their keys as the other lab tests read them
     assert members == [{"group": G, "localPods": [anysrc.ref, ssm.ref],
-                        "remoteNodes": [NODE2_IP],
+                        "remoteNodes": [NODE2_IP], "outsideHosts": [],
                         "sourceFilters": {ssm.ref: {"mode": "include", "sources": [tx.ip]}}}]
     assert yaml.safe_load(_get(lab, "members", G, "-o", "yaml")) == members
 
