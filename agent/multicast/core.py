@@ -361,6 +361,9 @@ class MulticastCore:
                 self._pending.difference_update(batch)
                 self._membership_version += 1
                 self.groups.sync(batch)
+                # the switch first: a local member's traffic must not wait for the frames
+                # that tell peers and upstream (each a packet-out of its own)
+                self._flush_unless_disconnected()
                 self.announcer.announce_changes(batch)
             self._flush_unless_disconnected()
 
