@@ -362,9 +362,12 @@ class MulticastCore:
                 self._membership_version += 1
                 self.groups.sync(batch)
                 # the switch first: a local member's traffic must not wait for the frames
-                # that tell peers and upstream (each a packet-out of its own)
-                self._flush_unless_disconnected()
-                self.announcer.announce_changes(batch)
+                # that tell peers and upstream (each a packet-out of its own); they are
+                # told even if the switch refused the bundle, as before
+                try:
+                    self._flush_unless_disconnected()
+                finally:
+                    self.announcer.announce_changes(batch)
             self._flush_unless_disconnected()
 
     def _pod_igmp(self, now: float, in_port: int, msg: object) -> str:
