@@ -315,8 +315,9 @@ def _oversize_flows(cfg: BridgeConfig) -> list[Flow]:
     return flows
 
 
-def initial_flows(cfg: BridgeConfig) -> list[Flow]:
-    """Flows present from the start, whatever pods and groups exist."""
+def initial_flows(cfg: BridgeConfig, external_all: bool = True) -> list[Flow]:
+    """Flows present from the start, whatever pods and groups exist; without
+    ``external_all``, the default to external takes link-local groups only."""
     p = cfg.cookie(Feature.PIPELINE)
     flows = list(_PIPELINE.miss_flows(p))
     flows.append(
@@ -353,7 +354,7 @@ def initial_flows(cfg: BridgeConfig) -> list[Flow]:
         )
         flows.append(_output_flow(cfg, OutKind.EXTERNAL, external_output_actions(cfg),
                                   Feature.EXTERNAL))
-        flows.append(default_external_flow(cfg))
+        flows.append(default_external_flow(cfg, link_local_only=not external_all))
     flows.extend(_suppress_flows(cfg))
     flows.extend(_oversize_flows(cfg))
     return flows

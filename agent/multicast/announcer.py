@@ -11,7 +11,6 @@ any packet on a down link: queries and refreshes repeat on their own.
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 from collections.abc import Callable, Iterable, Sequence
 
@@ -24,6 +23,7 @@ from agent.multicast.igmp.packets import (
     build_query,
     build_v3_reports,
 )
+from agent.multicast.uplink import is_link_local
 from pipeline.model import OFPP_CONTROLLER, OFPP_TABLE, Action, Output, SetTunnelDst
 from pipeline.multicast import BridgeConfig, Mode
 
@@ -33,7 +33,6 @@ UNDERLAY_MTU = 1500
 TUNNEL_OVERHEAD = 100
 """Room for the outer headers of a report sent through the tunnel (VXLAN 50, Geneve 50+opts)."""
 GENERAL_QUERY = "0.0.0.0"
-LINK_LOCAL = ipaddress.IPv4Network("224.0.0.0/24")
 QUERY_SIZE = {1: 8, 2: 8, 3: 12}  # bytes of the IGMP query we build (no sources), by version
 
 QueryPorts = Callable[[str, int], "list[int] | None"]
@@ -109,7 +108,7 @@ class Announcer:
         uplink = self._bridge.uplink_port
         if uplink is None:
             return
-        records = [r for r in records if ipaddress.IPv4Address(r.group) not in LINK_LOCAL]
+        records = [r for r in records if not is_link_local(r.group)]
         for frame in self._frames(records, UNDERLAY_MTU):
             self._send(frame, (Output(uplink),))
 

@@ -19,12 +19,8 @@ def pipeline_state(cfg: mc.BridgeConfig, external_all: bool = True) -> SwitchSta
     """The fixed pipeline; without ``external_all`` (no router on the uplink, agent not told to
     always forward), pod traffic to a group nobody asked for leaves by the uplink only if the
     group is link-local."""
-    flows = mc.initial_flows(cfg)
-    if not external_all and cfg.uplink_port is not None:
-        everything = mc.default_external_flow(cfg)
-        flows = [mc.default_external_flow(cfg, link_local_only=True) if f == everything else f
-                 for f in flows]
-    return SwitchState(flows=tuple(flows), meters=tuple(mc.initial_meters(cfg)))
+    return SwitchState(flows=tuple(mc.initial_flows(cfg, external_all)),
+                       meters=tuple(mc.initial_meters(cfg)))
 
 
 def pod_state(cfg: mc.BridgeConfig, ofport: int, mac: str = "", ip: str = "") -> SwitchState:

@@ -11,7 +11,7 @@ group's copy goes out the uplink (the group's external bucket) when:
 - the group is link-local (224.0.0.0/24, mDNS and the like): flooded like any switch does, or
 - an outside host reported it on the uplink.
 Pod multicast to a group nobody has asked for follows the same rule (the pipeline's default
-external flow, for every group or for link-local ones only: ``default_external_all``).
+external flow, for every group or for link-local ones only: ``forwards_all``).
 
 Ageing needs a querier: hosts re-report only when asked. While none is on the uplink, an outside
 host's membership lasts until it leaves (nothing is aged); while one is, it ages out like any
@@ -23,7 +23,7 @@ get our pods' traffic through the tunnel. In noEncap mode they are how the nodes
 What the uplink said is kept in a file beside the API socket (as the policy view is): a
 restarted agent keeps forwarding to the outside hosts that joined before, since without a
 querier they would never report again. Pure apart from ``save`` / ``load``.
-May import ``agent.multicast.igmp`` and the standard library.
+May import ``agent.multicast.igmp``, ``pipeline.multicast``'s constants and the standard library.
 """
 
 from __future__ import annotations
@@ -41,10 +41,11 @@ from typing import Any
 
 from agent.multicast.igmp.membership import Membership, Timers
 from agent.multicast.igmp.packets import LeaveV2, Query, ReportV1, ReportV2, ReportV3
+from pipeline.multicast import LINK_LOCAL_NET
 
 log = logging.getLogger(__name__)
 
-LINK_LOCAL = ipaddress.IPv4Network("224.0.0.0/24")
+LINK_LOCAL = ipaddress.IPv4Network(LINK_LOCAL_NET)
 NO_QUERIER = "0.0.0.0"  # a snooping switch's proxy query: no router behind it (RFC 4541 §2.1.1)
 DEFAULT_QRV, DEFAULT_QQI_S = 2, 125  # what a v1/v2 query does not say (RFC 3376 §8)
 
